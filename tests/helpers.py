@@ -1,0 +1,75 @@
+"""Shared test helpers: the reference parity fixture and the OpenAI key lists.
+
+The parity fixture (``fixtures/adm_parity_small.pt``, produced by OpenAI guided-diffusion at commit
+22e0df8, float32, CPU) does not store weights; they are re-derived here from each key's name:
+``torch.randn(shape, generator=Generator().manual_seed(crc32(key))) * std`` with
+``std = 1 / sqrt(prod(shape[1:]))`` for tensors of two or more dims and ``0.1`` for 1-d tensors.
+Use :func:`reference_state_dict` to load them into any network (denoiser or classifier) and
+:func:`parity_fixture` for the inputs and reference outputs (diffusion and guidance tests too).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import re
+import zlib
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+PARITY_FIXTURE = FIXTURES / "adm_parity_small.pt"
+OPENAI_KEYS = FIXTURES / "openai_keys"
+
+
+@functools.lru_cache(maxsize=1)
+def _load_parity_fixture() -> dict:
+    return torch.load(PARITY_FIXTURE, map_location="cpu", weights_only=False)
+
+
+def parity_fixture() -> dict:
+    """The reference outputs: ``inputs``, ``cases[name]``, ``classifier``, ``diffusion_buffers``, ``readme``.
+
+    Cached; do not modify the returned tensors in place.
+    """
+    return _load_parity_fixture()
+
+
+def reference_tensor(name: str, shape: Sequence[int]) -> torch.Tensor:
+    """The deterministic weight the fixture used for the state-dict entry ``name``."""
+    shape = tuple(int(s) for s in shape)
+    generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    std = 1.0 / math.sqrt(math.prod(shape[1:])) if len(shape) >= 2 else 0.1
+    return torch.randn(shape, generator=generator) * std
+
+
+def reference_state_dict(keys: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:
+    """All fixture weights for a ``{key: shape}`` mapping (e.g. ``parity_fixture()["cases"][c]["keys"]``)."""
+    return {name: reference_tensor(name, shape) for name, shape in keys.items()}
+
+
+def openai_key_list(config_name: str) -> tuple[dict[str, str], dict[str, tuple[tuple[int, ...], int]]]:
+    """Parse ``fixtures/openai_keys/keys_<config_name>.txt``.
+
+    Returns ``(header, keys)``: header has ``class``, ``flags``, ``tensors``, ``elements``; keys maps
+    each state-dict key to ``(shape, numel)`` in file order.
+    """
+    header: dict[str, str] = {}
+    keys: dict[str, tuple[tuple[int, ...], int]] = {}
+    for line in (OPENAI_KEYS / f"keys_{config_name}.txt").read_text().splitlines():
+        if line.startswith("# flags:"):
+            header["flags"] = line.split(":", 1)[1].strip()
+        elif match := re.match(r"# (\w+)\s+config=(\S+)", line):
+            header["class"], header["config"] = match.groups()
+        elif match := re.match(r"# (\d+) tensors, (\d+) elements", line):
+            header["tensors"], header["elements"] = match.groups()
+        elif line.strip():
+            name, shape, numel = line.split("\t")
+            keys[name] = (tuple(int(s) for s in re.findall(r"\d+", shape)), int(numel))
+    return header, keys
+
+
+def openai_key_configs() -> list[str]:
+    """Names of all released configurations with a key list (``64_cond``, ``128_classifier``, ...)."""
+    return sorted(p.stem[len("keys_"):] for p in OPENAI_KEYS.glob("keys_*.txt"))

@@ -134,12 +134,30 @@ class _MixtureModule(nn.Module):
 class MixtureDenoiser(_MixtureModule):
     """The exact eps*(x_t, t) of a mixture under a DDPM process: ``model(x_t, t, y=None) -> eps``.
 
-    With labels y it returns the class-conditional eps*(x_t, t | y), i.e. a perfect conditional model.
+    Args:
+        mixture: the data distribution.
+        diffusion: the (original, not respaced) process whose abar_t the timesteps index.
+        class_conditional: if True the model takes labels y and returns eps*(x_t, t | y), a perfect
+            conditional model; the label ``num_components`` then means "no label" (the null class
+            of label dropout), so classifier-free guidance can be checked against closed forms.
     """
+
+    def __init__(self, mixture: GaussianMixture, diffusion, class_conditional: bool = False):
+        super().__init__(mixture, diffusion)
+        #: Samplers pass labels to a model only when it has ``num_classes`` (None: unconditional).
+        self.num_classes = mixture.num_components if class_conditional else None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         a, sigma = self.noise_levels(t)
-        return self.mixture.eps(x, a, sigma, y).to(x.dtype)
+        if y is None:
+            return self.mixture.eps(x, a, sigma).to(x.dtype)
+        if self.num_classes is None:
+            raise ValueError("labels given to an unconditional MixtureDenoiser (class_conditional=False)")
+        null = y == self.num_classes
+        eps = self.mixture.eps(x, a, sigma, torch.where(null, torch.zeros_like(y), y))
+        if null.any():
+            eps = torch.where(null.reshape((-1,) + (1,) * (x.ndim - 1)), self.mixture.eps(x, a, sigma), eps)
+        return eps.to(x.dtype)
 
 
 class MixtureClassifier(_MixtureModule):

@@ -69,7 +69,13 @@ def test_network_wrappers_use_the_diffusion_schedule(mixture):
     abar = torch.as_tensor(diffusion.alphas_cumprod[[0, 99]])
     torch.testing.assert_close(denoiser(x, t), mixture.eps(x, abar.sqrt(), (1 - abar).sqrt()).float())
     torch.testing.assert_close(classifier(x, t), mixture.class_logits(x, abar.sqrt(), (1 - abar).sqrt()).float())
-    assert denoiser(x, t, y=torch.tensor([1, 2])).shape == x.shape
+    conditional = MixtureDenoiser(mixture, diffusion, class_conditional=True)
+    assert conditional.num_classes == 3 and denoiser.num_classes is None
+    torch.testing.assert_close(conditional(x, t, y=torch.tensor([1, 3])),
+                               torch.stack([mixture.eps(x, abar.sqrt(), (1 - abar).sqrt(), torch.tensor([1, 1]))[0],
+                                            mixture.eps(x, abar.sqrt(), (1 - abar).sqrt())[1]]).float())
+    with pytest.raises(ValueError, match="unconditional"):
+        denoiser(x, t, y=torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="not respaced"):
         MixtureDenoiser(mixture, diffusion.respace("10"))
 

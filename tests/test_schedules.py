@@ -105,9 +105,11 @@ def test_bad_schedule_and_betas():
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         GaussianDiffusion([0.1, 0.0, 0.2])
     with pytest.raises(ValueError, match="positive integer"):
-        linear_beta_schedule(0)
+        cosine_beta_schedule(0)
+    with pytest.raises(ValueError, match="more than 20 steps"):
+        linear_beta_schedule(20)
     with pytest.raises(ValueError, match="unknown var_type 'learnt'"):
-        GaussianDiffusion(linear_beta_schedule(10), var_type="learnt")
+        GaussianDiffusion(linear_beta_schedule(50), var_type="learnt")
 
 
 def test_explicit_beta_array():

@@ -9,6 +9,8 @@ from .schedules import (
     cosine_beta_schedule,
     get_named_beta_schedule,
     linear_beta_schedule,
+    logsnr_spaced_timesteps,
+    quadratic_spaced_timesteps,
     respaced_betas,
     space_timesteps,
 )
@@ -18,6 +20,7 @@ __all__ = [
     "DiffusionConfig", "GaussianDiffusion", "LossType", "MeanType", "VarType",
     "discretized_gaussian_log_likelihood", "mean_flat", "normal_kl",
     "betas_for_alpha_bar", "cosine_beta_schedule", "get_named_beta_schedule", "linear_beta_schedule",
+    "logsnr_spaced_timesteps", "quadratic_spaced_timesteps",
     "respaced_betas", "space_timesteps",
     "LossSecondMomentResampler", "TimestepSampler", "UniformSampler", "create_timestep_sampler",
 ]

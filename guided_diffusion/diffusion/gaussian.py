@@ -22,7 +22,14 @@ import numpy as np
 import torch
 
 from .likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
-from .schedules import ScheduleName, check_betas, get_named_beta_schedule, respaced_betas, space_timesteps
+from .schedules import (
+    ScheduleName,
+    check_betas,
+    get_named_beta_schedule,
+    logsnr_spaced_timesteps,
+    respaced_betas,
+    space_timesteps,
+)
 
 MeanType = Literal["eps", "x0", "x_prev"]
 """What the network predicts for the mean: the noise eps, the clean image x_0, or mu directly."""
@@ -114,12 +121,25 @@ class GaussianDiffusion:
     def respace(self, spec: str | int | Sequence[int] | None) -> "GaussianDiffusion":
         """The process that visits only the steps chosen by ``spec`` (see :func:`space_timesteps`).
 
-        Betas are recomputed from abar so the marginals at the kept steps are unchanged; the
-        timestep map composes, so the model still sees original timesteps.
+        ``spec`` is anything :func:`space_timesteps` takes ("250", "10,15,20", "ddim25") or
+        "logsnrN" (N steps uniform in log-SNR). Betas are recomputed from abar so the marginals
+        at the kept steps are unchanged; the timestep map composes, so the model still sees
+        original timesteps.
         """
         if spec is None or spec == "":
             return self
-        kept = space_timesteps(self.num_timesteps, spec)
+        if isinstance(spec, str) and spec.strip().startswith("logsnr"):
+            count = spec.strip()[len("logsnr"):]
+            if not count.isdigit():
+                raise ValueError(f"cannot parse respacing {spec!r}: expected e.g. 'logsnr20'")
+            return self.subsequence(logsnr_spaced_timesteps(self.alphas_cumprod, int(count)))
+        return self.subsequence(space_timesteps(self.num_timesteps, spec))
+
+    def subsequence(self, kept: Sequence[int]) -> "GaussianDiffusion":
+        """The process that visits only the given steps of this one (sorted, unique, in range)."""
+        kept = sorted(set(int(k) for k in kept))
+        if not kept or kept[0] < 0 or kept[-1] >= self.num_timesteps:
+            raise ValueError(f"kept steps must be a non-empty subset of [0, {self.num_timesteps - 1}]")
         return GaussianDiffusion(respaced_betas(self.alphas_cumprod, kept), mean_type=self.mean_type,
                                  var_type=self.var_type, loss_type=self.loss_type,
                                  timestep_map=self.timestep_map[kept].tolist())

@@ -21,6 +21,9 @@ def linear_beta_schedule(num_timesteps: int) -> np.ndarray:
     amount of noise, and hence abar_T, stays roughly the same.
     """
     _check_num_timesteps(num_timesteps)
+    if num_timesteps <= 20:
+        raise ValueError(f"the linear schedule needs more than 20 steps (its last beta, 0.02 * 1000 / T, must stay "
+                         f"below 1), got {num_timesteps}; use the cosine schedule for short chains")
     scale = 1000 / num_timesteps
     return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
 
@@ -89,6 +92,11 @@ def space_timesteps(num_timesteps: int, spec: str | int | Sequence[int]) -> list
       gives exactly 25 steps.
     - ``""`` (or ``None``): all T steps.
 
+    - ``"quad20"``: 20 steps at t = (k / 19)^2 (T - 1), dense at low noise (fast ODE solvers).
+
+    (``GaussianDiffusion.respace`` also takes ``"logsnr20"``: steps uniform in log-SNR, which needs
+    the schedule and so is not handled here.)
+
     The maps are exactly those of the reference implementation (including Python's
     round-half-to-even on fractional strides).
     """
@@ -97,6 +105,8 @@ def space_timesteps(num_timesteps: int, spec: str | int | Sequence[int]) -> list
         return list(range(num_timesteps))
     if isinstance(spec, str):
         text = spec.strip()
+        if text.startswith("quad"):
+            return quadratic_spaced_timesteps(num_timesteps, _parse_count(text[len("quad"):], spec))
         if text.startswith("ddim"):
             count = _parse_count(text[len("ddim"):], spec)
             if count > num_timesteps:
@@ -133,6 +143,46 @@ def space_timesteps(num_timesteps: int, spec: str | int | Sequence[int]) -> list
             position += stride
         start += size
     return sorted(set(kept))
+
+
+def logsnr_spaced_timesteps(alphas_cumprod: np.ndarray, count: int) -> list[int]:
+    """``count`` timesteps placed uniformly in log-SNR, lambda_t = log(sqrt(abar_t / (1 - abar_t))).
+
+    DPM-Solver steps in lambda, so equal lambda steps spread its error evenly (for schedules whose
+    lambda does not plunge at the end, as the clipped cosine schedule's does).
+    """
+    _check_count(count, len(alphas_cumprod), f"logsnr{count}")
+    lam = 0.5 * np.log(alphas_cumprod / (1 - alphas_cumprod))  # decreasing in t
+    targets = np.linspace(lam[0], lam[-1], count)
+    return _strictly_increasing(np.searchsorted(-lam, -targets).tolist(), len(alphas_cumprod))
+
+
+def quadratic_spaced_timesteps(num_timesteps: int, count: int) -> list[int]:
+    """``count`` timesteps at t_k = (k / (count - 1))^2 (T - 1): dense at low noise, where detail forms.
+
+    DPM-Solver's "time_quadratic" placement; on the Gaussian-mixture oracle it is the most accurate
+    placement for 10-20 solver steps under both the linear and the cosine schedule.
+    """
+    _check_count(count, num_timesteps, f"quad{count}")
+    fractions = np.linspace(0.0, 1.0, count) ** 2
+    return _strictly_increasing(np.rint(fractions * (num_timesteps - 1)).astype(int).tolist(), num_timesteps)
+
+
+def _check_count(count: int, num_timesteps: int, spec: str) -> None:
+    if not 1 <= count <= num_timesteps:
+        raise ValueError(f"respacing {spec!r} asks for {count} steps but the diffusion has {num_timesteps}")
+
+
+def _strictly_increasing(kept: list[int], num_timesteps: int) -> list[int]:
+    """Keep the first and last timestep; move colliding steps up (then down from the end) by one."""
+    kept = [min(max(int(k), 0), num_timesteps - 1) for k in kept]
+    kept[0] = 0
+    for i in range(1, len(kept)):
+        kept[i] = max(kept[i], kept[i - 1] + 1)
+    kept[-1] = num_timesteps - 1
+    for i in range(len(kept) - 2, -1, -1):
+        kept[i] = min(kept[i], kept[i + 1] - 1)
+    return kept
 
 
 def _parse_count(text: str, spec: object) -> int:

@@ -1,0 +1,113 @@
+"""What every sampler shares: the starting noise, per-sample generators, and one guided prediction.
+
+A sampler only needs ``model(x_t, t, y=None)``: the prediction step here calls the model through
+the (respaced) diffusion, reads its output as p(x_{t-1} | x_t), and hands it to the guidance in
+the form the sampler asks for (a mean shift for ancestral steps, an eps shift for DDIM/ODE steps).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Literal, Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..diffusion import GaussianDiffusion
+from ..diffusion.gaussian import DenoisedFn
+from .guidance import Guidance, as_guidance
+
+#: One generator for the batch, or one per sample (so a sample's noise does not depend on its batch).
+Generators = Optional[torch.Generator | Sequence[torch.Generator]]
+ShapeOrNoise = Sequence[int] | torch.Tensor
+
+
+def randn(shape: Sequence[int], generator: Generators = None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise; with a list of generators, row i comes from generator i."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
+
+
+def model_takes_labels(model: Callable) -> bool:
+    """Class labels go to the model only if it says it is class-conditional (``num_classes``)."""
+    return getattr(model, "num_classes", None) is not None
+
+
+def model_device(model: Callable) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration, TypeError):
+        return torch.device("cpu")
+
+
+@dataclass
+class Denoiser:
+    """A model, its (respaced) diffusion and the guidance, seen as one prediction per step.
+
+    Args:
+        model: ``model(x_t, t, y=None)`` with original timesteps t.
+        process: the diffusion the sampler walks (already respaced).
+        y: class labels (B,), given to the guidance, and to the model if it is class-conditional.
+        guidance: what corrects the prediction (``None`` = unguided).
+        clip_denoised: clip predicted x_0 to [-1, 1].
+        denoised_fn: applied to predicted x_0 before clipping.
+        model_kwargs: extra keyword arguments for the model (e.g. ``low_res``).
+    """
+
+    model: Callable
+    process: GaussianDiffusion
+    y: Optional[torch.Tensor] = None
+    guidance: Optional[Guidance] = None
+    clip_denoised: bool = True
+    denoised_fn: Optional[DenoisedFn] = None
+    model_kwargs: Optional[dict] = None
+
+    def __post_init__(self):
+        self.guidance = as_guidance(self.guidance)
+        self.model = self.guidance.wrap_model(self.model)
+        self.model_y = self.y if model_takes_labels(self.model) else None
+
+    def predict(self, x: torch.Tensor, index: int, form: Literal["mean", "eps"]) -> dict:
+        """p(x_{t-1} | x_t) at step ``index`` of the process, guided in the given form."""
+        t = torch.full((x.shape[0],), index, dtype=torch.long, device=x.device)
+        with torch.no_grad():
+            out = self.process.p_mean_variance(self.model, x, t, y=self.model_y, clip_denoised=self.clip_denoised,
+                                               denoised_fn=self.denoised_fn, model_kwargs=self.model_kwargs)
+        if not self.guidance.active:
+            return out
+        if form == "mean":
+            return self.guidance.condition_mean(self.process, out, x, t, self.y)
+        return self.guidance.condition_eps(self.process, out, x, t, self.y)
+
+
+def prepare(model, diffusion: GaussianDiffusion, shape_or_noise: ShapeOrNoise, *, y, guidance, steps,
+            generator: Generators, clip_denoised: bool, denoised_fn, model_kwargs, device=None):
+    """Respace the diffusion, draw (or take) x_T, and build the step predictor."""
+    process = diffusion.respace(steps)
+    if isinstance(shape_or_noise, torch.Tensor):
+        x = shape_or_noise
+    else:
+        x = randn(shape_or_noise, generator, device=device or model_device(model))
+    if y is not None:
+        y = torch.as_tensor(y, device=x.device)
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"y must hold one label per sample: shape {tuple(y.shape)} for a batch of {x.shape[0]}")
+    denoiser = Denoiser(model, process, y=y, guidance=guidance, clip_denoised=clip_denoised,
+                        denoised_fn=denoised_fn, model_kwargs=model_kwargs)
+    return denoiser, x
+
+
+def steps_with_progress(indices: Sequence[int], progress: bool, desc: str) -> Iterator[int]:
+    return iter(tqdm(indices, desc=desc, disable=not progress, leave=False))
+
+
+def last(iterator: Iterator[dict]) -> torch.Tensor:
+    """The final sample of a progressive sampler."""
+    final = None
+    for final in iterator:
+        pass
+    if final is None:
+        raise ValueError("the sampler made no steps")
+    return final["sample"]

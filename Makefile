@@ -28,10 +28,10 @@ demo: install
 	WANDB_MODE=offline $(BIN)/gd demo
 
 test: install-dev
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n auto $(PYTEST_ARGS)
 
 test-slow: install-dev
-	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n auto -m slow $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/python -m flake8 guided_diffusion classifiers tests benchmarks

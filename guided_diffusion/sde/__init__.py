@@ -1,0 +1,67 @@
+"""The score-SDE family on the diffusion core (Song & Ermon 2019/2020; Song et al. 2021), plain PyTorch.
+
+- SDEs (:mod:`.sdes`): VE, VP, sub-VP and the DDPM chain as a VP SDE, with drift/diffusion,
+  closed-form marginals ``marginal(t) -> (a_t, sigma_t)``, prior sampling and log-density.
+- Score models (:mod:`.models`): the ``ScoreModel`` protocol and ``EpsScoreModel``, which makes any
+  eps-network of the project (a DDPM/ADM model with its diffusion, an NCSN, the mixture oracle) a
+  score model, score = -eps / sigma_t.
+- Samplers (:mod:`.samplers`, :mod:`.ode`): reverse-SDE Euler–Maruyama, reverse diffusion,
+  predictor–corrector with a Langevin corrector, the probability-flow ODE (adaptive, scipy),
+  annealed Langevin dynamics; one signature ``(score_model, sde, shape | x_T, *, y, guidance,
+  steps, generator, progress, **options)``; every guidance kind of :mod:`guided_diffusion.sampling`
+  applies. The DDPM-signature versions are registered in ``guided_diffusion.sampling.SAMPLERS``.
+- Likelihood: ``ode_likelihood`` (bits/dim comparable with ``GaussianDiffusion.calc_bpd_loop``).
+- NCSN (:mod:`.ncsn`): noise levels (Techniques 1-2 of Song & Ermon 2020), ``ncsn_loss``, and a
+  noise-conditional score network on the project's UNet.
+- Controllable generation (:mod:`.controllable`): inpainting and colorization as a Guidance that
+  every sampler accepts, and the DDPM paper's latent interpolation.
+"""
+from .controllable import (
+    COLOR_BASIS,
+    InpaintedModel,
+    Inpainting,
+    colorization,
+    from_decoupled,
+    interpolate,
+    slerp,
+    to_decoupled,
+)
+from .models import EpsScoreModel, GuidedScore, ScoreModel, tweedie_x0
+from .ncsn import (
+    NoiseConditionalScoreNetwork,
+    gamma_for_dimension,
+    geometric_sigmas,
+    langevin_step_size,
+    langevin_variance_ratio,
+    max_pairwise_distance,
+    ncsn_loss,
+    ncsn_sigmas,
+    sigma_overlap,
+)
+from .ode import ode_encode, ode_likelihood, ode_sample, ode_sample_progressive
+from .oracle import MixtureEpsNetwork, MixtureTimeClassifier, mixture_score_model
+from .samplers import (
+    annealed_langevin_sample,
+    annealed_langevin_sample_progressive,
+    euler_maruyama_sample,
+    euler_maruyama_sample_progressive,
+    pc_sample,
+    pc_sample_progressive,
+    reverse_diffusion_sample,
+    reverse_diffusion_sample_progressive,
+)
+from .sdes import SDE, DiscreteVPSDE, SDEName, SubVPSDE, VESDE, VPSDE, get_sde
+
+__all__ = [
+    "SDE", "SDEName", "VESDE", "VPSDE", "SubVPSDE", "DiscreteVPSDE", "get_sde",
+    "ScoreModel", "EpsScoreModel", "GuidedScore", "tweedie_x0",
+    "pc_sample", "pc_sample_progressive", "euler_maruyama_sample", "euler_maruyama_sample_progressive",
+    "reverse_diffusion_sample", "reverse_diffusion_sample_progressive",
+    "annealed_langevin_sample", "annealed_langevin_sample_progressive",
+    "ode_sample", "ode_sample_progressive", "ode_likelihood", "ode_encode",
+    "NoiseConditionalScoreNetwork", "gamma_for_dimension", "geometric_sigmas", "max_pairwise_distance",
+    "ncsn_loss", "ncsn_sigmas", "sigma_overlap", "langevin_step_size", "langevin_variance_ratio",
+    "MixtureEpsNetwork", "MixtureTimeClassifier", "mixture_score_model",
+    "COLOR_BASIS", "Inpainting", "InpaintedModel", "colorization", "to_decoupled", "from_decoupled", "slerp",
+    "interpolate",
+]

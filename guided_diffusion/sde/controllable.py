@@ -1,0 +1,238 @@
+"""Controllable generation with unconditional models: inpainting, colorization, latent interpolation.
+
+**Inpainting** (Song et al. 2021, App. I.2) is a :class:`~guided_diffusion.sampling.Guidance`, so
+*every* sampler takes it unchanged — DDPM ancestral, DDIM, DPM-Solver and all SDE samplers, also
+combined with classifier guidance. Its ``wrap_model`` wraps the network ``model(x_t, t, y=None)``:
+
+1. the known coordinates of the network's input are replaced by the observation noised to the
+   current level, a_t y + sigma_t z with fresh z (the paper's x(t) = [Omega_bar(x(t)); y^(t)]);
+2. the prediction returned for the known coordinates is the exact one for the observation:
+   eps = (x_t - a_t y) / sigma_t (x_0 = y for x0-predicting models), i.e. score -(x_t - a_t y) / sigma_t^2.
+
+Step 1 drives the unknown coordinates exactly as replacing the sampler's state would (their update
+only depends on their own values and the prediction); step 2 makes the sampler's x_0 estimate equal
+y on the known coordinates, so the known part of the result is the observation itself, in any
+sampler, without touching the sampler. The replacement is the paper's approximation of
+grad log p_t(x | y): with a noisy stand-in for y the unknown part is slightly less informed at high
+noise than the exact conditional would be (measured on the oracle in the tests).
+
+Masks may live in an orthonormal basis of the channel axis (``basis``): **colorization** is
+inpainting of the grey channel of the decoupled colour space (Song et al. 2021, App. I.3)
+
+    [u0, u1, u2] = M [R, G, B],  M rows (1, 1, 1)/sqrt 3, (-2, 1, 1)/sqrt 6, (0, 1, -1)/sqrt 2,
+
+orthogonal, with u0 = sqrt(3) * grey. Isotropic noise stays isotropic in it.
+
+**Interpolation** (Ho et al. 2020, Sec. 4.3): encode two images to a latent at step t with the
+stochastic encoder q(x_t | x_0) or deterministically with DDIM inversion, interpolate (linearly, or
+spherically for noise-like latents), and decode with the reverse process from t.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..sampling.common import Generators, randn
+from ..sampling.guidance import Guidance
+from .sdes import SDE, broadcast
+
+COLOR_BASIS = torch.tensor([[1 / math.sqrt(3)] * 3,
+                            [-2 / math.sqrt(6), 1 / math.sqrt(6), 1 / math.sqrt(6)],
+                            [0.0, 1 / math.sqrt(2), -1 / math.sqrt(2)]], dtype=torch.float64)
+"""Rows: grey (u0 = sqrt(3) mean(R, G, B)) and two chroma axes; orthonormal."""
+
+
+def to_basis(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """u[:, i] = sum_j basis[i, j] x[:, j] over the channel axis (dim 1)."""
+    return torch.einsum("ij,bj...->bi...", basis.to(x.device, x.dtype), x)
+
+
+def from_basis(u: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`to_basis` for an orthonormal basis (the transpose)."""
+    return torch.einsum("ji,bj...->bi...", basis.to(u.device, u.dtype), u)
+
+
+def to_decoupled(x: torch.Tensor) -> torch.Tensor:
+    """RGB -> decoupled colour space (channel 0 = sqrt(3) * grey)."""
+    return to_basis(x, COLOR_BASIS)
+
+
+def from_decoupled(u: torch.Tensor) -> torch.Tensor:
+    """Decoupled colour space -> RGB."""
+    return from_basis(u, COLOR_BASIS)
+
+
+def _noise_levels(process, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, sigma) at the network time t, for a GaussianDiffusion (original timesteps) or an SDE."""
+    if isinstance(process, SDE):
+        return process.model_noise_level(t)
+    abar = torch.as_tensor(process.alphas_cumprod, dtype=torch.float64, device=t.device)[t.long()]
+    return abar.sqrt(), (1 - abar).sqrt()
+
+
+class Inpainting(Guidance):
+    """Condition any sampler on known coordinates of x_0 (see the module docstring).
+
+    Args:
+        observation: y, shaped like the samples (B, C, ...) or broadcastable to them.
+        mask: 1 where y is known, 0 elsewhere, broadcastable to the samples (in ``basis``
+            coordinates if a basis is given).
+        process: what the network's time means: the *original* GaussianDiffusion of a DDPM model,
+            or the SDE of a score model (``score_model.sde``).
+        prediction: what the network's first C channels predict (``"eps"``/``"x0"``; default:
+            the diffusion's mean type, or eps).
+        basis: an orthonormal (C, C) matrix; the mask and the replacement act on ``basis @ x``.
+        generator: for the fresh noise of each replacement (one, or one per sample).
+    """
+
+    def __init__(self, observation: torch.Tensor, mask: torch.Tensor, process, *,
+                 prediction: Optional[Literal["eps", "x0"]] = None, basis: Optional[torch.Tensor] = None,
+                 generator: Generators = None):
+        if not isinstance(process, SDE):
+            if not torch.equal(process.timestep_map, torch.arange(process.num_timesteps)):
+                raise ValueError("pass the original (not respaced) diffusion: networks see original timesteps")
+            if prediction is None:
+                if process.mean_type == "x_prev":
+                    raise ValueError("inpainting needs an eps or x0 model, not mean_type 'x_prev'")
+                prediction = process.mean_type
+        prediction = prediction or "eps"
+        if prediction not in ("eps", "x0"):
+            raise ValueError(f"unknown prediction {prediction!r}; expected 'eps' or 'x0'")
+        if basis is not None:
+            basis = torch.as_tensor(basis, dtype=torch.float64)
+            eye = torch.eye(basis.shape[0], dtype=torch.float64)
+            square = basis.ndim == 2 and basis.shape[0] == basis.shape[1]
+            if not square or not torch.allclose(basis @ basis.T, eye, atol=1e-6):
+                raise ValueError("basis must be an orthonormal square matrix")
+        self.basis = basis
+        self.observation = observation
+        self.mask = torch.as_tensor(mask, dtype=observation.dtype, device=observation.device)
+        if ((self.mask != 0) & (self.mask != 1)).any():
+            raise ValueError("the inpainting mask must hold only 0 (unknown) and 1 (known)")
+        self.process, self.prediction, self.generator = process, prediction, generator
+
+    @property
+    def active(self) -> bool:
+        return True
+
+    def wrap_model(self, model):
+        return InpaintedModel(model, self)
+
+    def to_coords(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.basis is None else to_basis(x, self.basis)
+
+    def from_coords(self, u: torch.Tensor) -> torch.Tensor:
+        return u if self.basis is None else from_basis(u, self.basis)
+
+
+class InpaintedModel(nn.Module):
+    """``model(x_t, t, y=None)`` seeing the noised observation on the known coordinates (see :class:`Inpainting`)."""
+
+    def __init__(self, model, inpainting: Inpainting):
+        super().__init__()
+        self.model, self.inpainting = model, inpainting
+        self.num_classes = getattr(model, "num_classes", None)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None, **kwargs) -> torch.Tensor:
+        spec = self.inpainting
+        if spec.observation.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"the inpainting observation has batch {spec.observation.shape[0]}, the model input "
+                             f"{x.shape[0]} (put Inpainting after ClassifierFreeGuidance in a guidance list)")
+        a, sigma = (broadcast(v, x) for v in _noise_levels(spec.process, t))
+        mask = spec.mask.to(x.device, x.dtype)
+        u, u_obs = spec.to_coords(x), spec.to_coords(spec.observation.to(x.device, x.dtype).expand_as(x))
+        noisy = a * u_obs + sigma * randn(x.shape, spec.generator, x.device, x.dtype)
+        x_in = spec.from_coords(mask * noisy + (1 - mask) * u)
+        out = self.model(x_in, t, **kwargs) if y is None else self.model(x_in, t, y=y, **kwargs)
+        channels = x.shape[1]
+        known = u_obs if spec.prediction == "x0" else (u - a * u_obs) / sigma
+        prediction = spec.from_coords(mask * known + (1 - mask) * spec.to_coords(out[:, :channels]))
+        return torch.cat([prediction.to(out.dtype), out[:, channels:]], dim=1)
+
+
+def colorization(grey: torch.Tensor, process, **options) -> Inpainting:
+    """Inpainting of the grey channel: colour images whose mean over RGB is ``grey`` (B, 1, ...) or (B, ...).
+
+    The DDPM samplers clip x_0 to [-1, 1] in RGB after the guidance (``clip_denoised=True``), which
+    moves the grey of out-of-gamut colour predictions; with ``clip_denoised=False`` (and in the SDE
+    samplers) the output's grey is the input's to float precision.
+    """
+    if grey.ndim >= 2 and grey.shape[1] != 1:
+        grey = grey.unsqueeze(1)
+    u = torch.cat([math.sqrt(3) * grey, torch.zeros_like(grey), torch.zeros_like(grey)], dim=1)
+    mask = torch.tensor([1.0, 0.0, 0.0], dtype=grey.dtype, device=grey.device).reshape((1, 3) + (1,) * (grey.ndim - 2))
+    return Inpainting(from_decoupled(u), mask, process, basis=COLOR_BASIS, **options)
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, weight: float) -> torch.Tensor:
+    """Spherical interpolation per sample: sin((1 - w) theta) / sin theta z0 + sin(w theta) / sin theta z1."""
+    a, b = z0.reshape(len(z0), -1).double(), z1.reshape(len(z1), -1).double()
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-30)
+    theta = torch.arccos(cos.clamp(-1, 1))
+    small = theta < 1e-6
+    s = torch.sin(theta).clamp(min=1e-30)
+    w0 = torch.where(small, 1 - weight, torch.sin((1 - weight) * theta) / s)
+    w1 = torch.where(small, torch.full_like(theta, weight), torch.sin(weight * theta) / s)
+    return (broadcast(w0, z0) * z0.double() + broadcast(w1, z1) * z1.double()).to(z0.dtype)
+
+
+def interpolate(model, diffusion, x_a: torch.Tensor, x_b: torch.Tensor, weights: Sequence[float], *,
+                encoder: Literal["q", "ddim"] = "q", t: Optional[int] = None,
+                mode: Optional[Literal["linear", "slerp"]] = None, sampler: Optional[str] = None,
+                steps: str | int | None = None, generator: Generators = None, decode_seed: Optional[int] = 0,
+                **sample_options) -> torch.Tensor:
+    """Latent interpolation between image batches x_a and x_b (same shape), one output row per weight.
+
+    Args:
+        model, diffusion: a DDPM model and its original diffusion.
+        weights: interpolation weights lambda (0 gives x_a's latent, 1 x_b's).
+        encoder: ``"q"``: x_t ~ q(x_t | x_0) (DDPM paper; independent noise for a and b, from
+            ``generator``); ``"ddim"``: deterministic DDIM inversion (with ``steps``).
+        t: the original timestep of the latent (default T/2 for ``q``, T - 1 for ``ddim``).
+        mode: ``linear`` (default for ``q``) or ``slerp`` (default for ``ddim``, noise-like latents).
+        sampler: decoder (default ``ddpm`` for ``q``, ``ddim`` for ``ddim``), walking steps t..0
+            with the respacing ``steps``; ``decode_seed`` gives every weight the same decoding
+            noise (per-sample generators seeded decode_seed + i; None: the global RNG).
+        sample_options: passed to the sampler (e.g. ``clip_denoised=False``, ``y``).
+
+    Returns a tensor (len(weights), *x_a.shape).
+    """
+    from ..sampling import ddim_invert, sample
+
+    if x_a.shape != x_b.shape:
+        raise ValueError(f"x_a {tuple(x_a.shape)} and x_b {tuple(x_b.shape)} must have the same shape")
+    if encoder not in ("q", "ddim"):
+        raise ValueError(f"unknown encoder {encoder!r}; expected 'q' or 'ddim'")
+    T = diffusion.num_timesteps
+    t = (T // 2 if encoder == "q" else T - 1) if t is None else int(t)
+    if not 0 <= t < T:
+        raise ValueError(f"t must be an original timestep in [0, {T - 1}], got {t}")
+    mode = mode or ("linear" if encoder == "q" else "slerp")
+    if mode not in ("linear", "slerp"):
+        raise ValueError(f"unknown interpolation mode {mode!r}; expected 'linear' or 'slerp'")
+    sampler = sampler or ("ddpm" if encoder == "q" else "ddim")
+    head = diffusion.subsequence(range(t + 1))  # steps 0..t: the reverse process from the latent's level
+    both = torch.cat([x_a, x_b])
+    if encoder == "q":
+        noise = randn(both.shape, generator, both.device, both.dtype)
+        latents = diffusion.q_sample(both, torch.full((len(both),), t, device=both.device), noise=noise)
+    else:
+        y = sample_options.get("y")
+        latents = ddim_invert(model, head, both, steps=steps, progress=False,
+                              y=None if y is None else torch.cat([y, y]))
+    z_a, z_b = latents.chunk(2)
+    rows = [(1 - w) * z_a + w * z_b if mode == "linear" else slerp(z_a, z_b, float(w)) for w in weights]
+    out = []
+    for row in rows:
+        gens = None if decode_seed is None else [torch.Generator(device=row.device).manual_seed(decode_seed + i)
+                                                 for i in range(len(row))]
+        out.append(sample(model, head, row, sampler=sampler, steps=steps, generator=gens,
+                          **{"progress": False, **sample_options}))
+    return torch.stack(out)
+
+
+__all__ = ["COLOR_BASIS", "to_basis", "from_basis", "to_decoupled", "from_decoupled", "Inpainting",
+           "InpaintedModel", "colorization", "slerp", "interpolate"]

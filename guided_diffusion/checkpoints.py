@@ -16,13 +16,13 @@ from __future__ import annotations
 import functools
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from .atomic import atomic_torch_save
 from .nets.presets import PRESETS, Preset, get_preset
 from .nets.registry import build_network, network_kind, network_spec
 
@@ -53,19 +53,7 @@ class CheckpointMismatchError(ValueError):
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
     """``torch.save`` to a temporary file next to ``path``, then atomically rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_torch_save(obj, path)
 
 
 def _safe_load(path: PathLike, map_location) -> Any:

@@ -13,6 +13,8 @@ import sys
 #: name -> "module:function". Functions take typed keyword arguments (jsonargparse ``CLI``).
 COMMANDS: dict[str, str] = {
     "demo": "guided_diffusion.demo:demo",
+    "sample": "guided_diffusion.generation.command:sample",
+    "evaluate": "guided_diffusion.evaluation.evaluate:evaluate",
     "export": "guided_diffusion.training.checkpoint_io:export",
 }
 

@@ -7,9 +7,7 @@ definitions of :mod:`guided_diffusion.evaluation.metrics`, prints a table and wr
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ..atomic import atomic_write_json
 from .features import FeatureName, ResizeMode, build_feature_extractor, extract_features
 from .metrics import ALL_METRICS, DEFAULT_NEAREST_K, DEFAULT_SPLIT_SIZE, MetricValue, compute_metrics, \
     minimum_samples
@@ -31,20 +30,7 @@ METRIC_LABELS = {"fid": "FID", "sfid": "sFID", "inception_score": "Inception Sco
 
 def write_json_atomic(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
     """Write ``payload`` as JSON to a temporary file beside ``path``, fsync, then ``os.replace`` it in."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_json(path, payload)
 
 
 def format_table(results: Mapping[str, MetricValue]) -> str:

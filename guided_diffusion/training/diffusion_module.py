@@ -15,6 +15,7 @@ from typing import Literal, Optional
 import torch
 
 from ..diffusion import DiffusionConfig, create_timestep_sampler
+from ..generation.plan import to_uint8_nhwc
 from ..nets import UNetConfig
 from ..nets.presets import get_preset
 from ..nets.registry import config_from_dict
@@ -60,11 +61,6 @@ def loss_terms(diffusion) -> tuple[str, ...]:
     if diffusion.loss_type in ("kl", "rescaled_kl"):
         return ("loss",)
     return ("loss", "mse", "vb") if diffusion.learns_variance else ("loss", "mse")
-
-
-def to_uint8_nhwc(images: torch.Tensor) -> torch.Tensor:
-    """Samples in [-1, 1], NCHW -> uint8 NHWC, as guided-diffusion's ``image_sample.py``."""
-    return ((images + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 class DiffusionModule(TrainingModule):

@@ -1,0 +1,207 @@
+"""``gd sample``: ADM-layout output, process-count independence, resume after a crash, early errors."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from classifiers import EncoderUNetConfig
+from classifiers.module import NoisyClassifierModule
+from guided_diffusion.cli import main as gd
+from guided_diffusion.diffusion import DiffusionConfig
+from guided_diffusion.generation import SamplePlan, parse_classes
+from guided_diffusion.generation import runner as runner_module
+from guided_diffusion.generation.command import sample
+from guided_diffusion.nets import UNetConfig
+from guided_diffusion.training import DiffusionModule
+
+UNET = UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
+                  num_head_channels=32, learn_sigma=True, num_classes=4)
+CLASSIFIER = EncoderUNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                               attention_resolutions=(8,), num_head_channels=32, num_classes=4)
+DIFFUSION = DiffusionConfig(steps=100, noise_schedule="cosine", learn_sigma=True)
+FAST = dict(steps="ddim4", batch_size=4, accelerator="cpu", progress=False)
+
+
+def save_untrained(module: L.LightningModule, path: Path) -> str:
+    """A Lightning checkpoint of ``module`` as training would write it (no training needed)."""
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=path.parent)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    diffusion = DiffusionModule(network=UNET, diffusion=DIFFUSION, label_dropout=0.1)
+    # an untrained UNet ignores its label (zero-initialised residual outputs): give it weights that use it
+    with torch.no_grad():
+        for p in diffusion.ema.module.parameters():
+            p.add_(torch.randn_like(p), alpha=0.05)
+    classifier = lambda **kw: NoisyClassifierModule(network=dataclasses.replace(CLASSIFIER, **kw),  # noqa: E731
+                                                    diffusion=DIFFUSION)
+    linear = NoisyClassifierModule(network=CLASSIFIER,
+                                   diffusion=dataclasses.replace(DIFFUSION, noise_schedule="linear"))
+    return dict(
+        diffusion=save_untrained(diffusion, directory / "diffusion.ckpt"),
+        classifier=save_untrained(classifier(), directory / "classifier.ckpt"),
+        classifier_8px=save_untrained(classifier(image_size=8), directory / "classifier_8px.ckpt"),
+        classifier_3cls=save_untrained(classifier(num_classes=3), directory / "classifier_3cls.ckpt"),
+        classifier_linear=save_untrained(linear, directory / "classifier_linear.ckpt"),
+    )
+
+
+def read(path):
+    with np.load(path) as data:
+        return {name: data[name] for name in data.files}
+
+
+# ---------------------------------------------------------------------------------------------- the plan
+def test_sample_i_depends_only_on_seed_and_index():
+    a = SamplePlan(num_samples=10, batch_size=4, seed=3, num_classes=5, classes="random")
+    b = SamplePlan(num_samples=10, batch_size=2, seed=3, num_classes=5, classes="random")
+    labels_a = torch.cat([a.labels(s) for s in range(a.num_shards)])
+    labels_b = torch.cat([b.labels(s) for s in range(b.num_shards)])
+    assert torch.equal(labels_a, labels_b) and len(set(labels_a.tolist())) > 1
+    noise_a = torch.stack([torch.randn(3, generator=g) for s in range(a.num_shards) for g in a.generators(s)])
+    noise_b = torch.stack([torch.randn(3, generator=g) for s in range(b.num_shards) for g in b.generators(s)])
+    assert torch.equal(noise_a, noise_b)
+    other_seed = SamplePlan(num_samples=10, batch_size=4, seed=4, num_classes=5, classes="random")
+    assert not torch.equal(torch.randn(3, generator=other_seed.generators(0)[0]), noise_a[0])
+
+
+def test_ranks_split_the_shards_without_overlap():
+    plan = SamplePlan(num_samples=23, batch_size=4)
+    assert plan.num_shards == 6 and list(plan.shard_indices(5)) == [20, 21, 22]
+    shards = [plan.shards_of_rank(rank, 4) for rank in range(4)]
+    assert sorted(sum(shards, [])) == list(range(6)) and shards[1] == [1, 5]
+
+
+def test_class_choices():
+    assert parse_classes("all", 10) == "all" and parse_classes("random", 10) == "random"
+    assert parse_classes("1, 7,9", 10) == [1, 7, 9] and parse_classes([2], 10) == [2]
+    plan = SamplePlan(num_samples=6, batch_size=6, num_classes=10, classes=(1, 7))
+    assert plan.labels(0).tolist() == [1, 7, 1, 7, 1, 7]
+    assert SamplePlan(num_samples=5, batch_size=5, num_classes=3).labels(0).tolist() == [0, 1, 2, 0, 1]
+    for bad, message in (("10", r"out of range.*10 classes"), ("-1", "out of range"), ("x", "comma-separated"),
+                         ("", "empty")):
+        with pytest.raises(ValueError, match=message):
+            parse_classes(bad, 10)
+    with pytest.raises(ValueError, match="neither the model nor a classifier knows classes"):
+        parse_classes("3", None)
+
+
+# ---------------------------------------------------------------------------------------------- the command
+def test_guided_sampling_writes_the_adm_npz_and_a_grid(checkpoints, tmp_path):
+    result = sample(checkpoints["diffusion"], str(tmp_path), classifier=checkpoints["classifier"], scale=3.0,
+                    num_samples=6, classes="2", **FAST)
+    assert result.samples == tmp_path / "samples_6x16x16x3.npz"
+    data = read(result.samples)
+    assert data["arr_0"].dtype == np.uint8 and data["arr_0"].shape == (6, 16, 16, 3)
+    assert data["arr_1"].dtype == np.int64 and data["arr_1"].tolist() == [2] * 6
+    assert data["arr_0"].std() > 0
+    from PIL import Image
+
+    assert Image.open(result.grid).size == (3 * 18 + 2, 2 * 18 + 2)  # 3 columns x 2 rows of 16 px, 2 px padding
+    settings = json.loads((tmp_path / "run.json").read_text())
+    assert settings["scale"] == 3.0 and settings["num_samples"] == 6
+
+
+def test_guidance_changes_the_samples_and_scale_zero_is_unguided(checkpoints, tmp_path):
+    run = lambda name, **kw: read(sample(checkpoints["diffusion"], str(tmp_path / name), num_samples=4,  # noqa: E731
+                                         **FAST, **kw).samples)["arr_0"]
+    unguided = run("none")
+    assert np.array_equal(run("zero", classifier=checkpoints["classifier"], scale=0.0), unguided)
+    assert not np.array_equal(run("guided", classifier=checkpoints["classifier"], scale=50.0), unguided)
+    assert not np.array_equal(run("cfg", guidance="classifier-free", scale=3.0), unguided)
+
+
+def test_a_crashed_run_resumes_and_completes_exactly(checkpoints, tmp_path, monkeypatch):
+    options = dict(num_samples=10, classes="random", seed=7, **FAST)
+    reference = read(sample(checkpoints["diffusion"], str(tmp_path / "reference"), **options).samples)
+
+    written = []
+    real_write = runner_module.write_shard
+
+    def crash_after_two(directory, shard, images, labels):
+        if len(written) == 2:
+            raise RuntimeError("simulated crash")
+        written.append(shard)
+        return real_write(directory, shard, images, labels)
+
+    monkeypatch.setattr(runner_module, "write_shard", crash_after_two)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        sample(checkpoints["diffusion"], str(tmp_path / "run"), **options)
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert files == ["run.json", "shard-000000.npz", "shard-000001.npz"]  # no partial shard, no merge
+
+    monkeypatch.setattr(runner_module, "write_shard", lambda *args: written.append(args[1]) or real_write(*args))
+    result = sample(checkpoints["diffusion"], str(tmp_path / "run"), **options)
+    assert written == [0, 1, 2]  # the re-run only sampled the missing shard
+    resumed = read(result.samples)
+    assert resumed["arr_0"].shape[0] == 10
+    assert np.array_equal(resumed["arr_0"], reference["arr_0"]) and np.array_equal(resumed["arr_1"], reference["arr_1"])
+
+    with pytest.raises(ValueError, match=r"different run.*'seed'"):
+        sample(checkpoints["diffusion"], str(tmp_path / "run"), **{**options, "seed": 8})
+
+
+def test_two_processes_give_the_images_of_one(checkpoints, tmp_path):
+    """``gd sample --devices 2`` (DDP on CPU, as on a GPU cluster) equals the 1-process run."""
+    args = [checkpoints["diffusion"], "--classifier", checkpoints["classifier"], "--scale", "2", "--num_samples", "7",
+            "--batch_size", "2", "--steps", "ddim3", "--accelerator", "cpu", "--progress", "false"]
+    one = sample(checkpoints["diffusion"], str(tmp_path / "one"), classifier=checkpoints["classifier"], scale=2.0,
+                 num_samples=7, batch_size=2, steps="ddim3", accelerator="cpu", progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    command = [sys.executable, "-m", "guided_diffusion.cli", "sample", *args, "--output", str(tmp_path / "two"),
+               "--devices", "2", "--timeout_minutes", "2"]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    two = read(tmp_path / "two" / "samples_7x16x16x3.npz")
+    assert np.array_equal(two["arr_0"], read(one.samples)["arr_0"])
+    assert np.array_equal(two["arr_1"], read(one.samples)["arr_1"])
+
+
+@pytest.mark.parametrize("options, error, message", [
+    (dict(classes="4"), ValueError, r"class label\(s\) \[4\] out of range"),
+    (dict(classes="-1"), ValueError, "out of range"),
+    (dict(scale=-1.0, classifier="classifier"), ValueError, "finite and non-negative"),
+    (dict(scale=float("nan"), classifier="classifier"), ValueError, "finite and non-negative"),
+    (dict(classifier="classifier_8px"), ValueError, "takes 3x8x8 images but the model makes 3x16x16"),
+    (dict(classifier="classifier_3cls"), ValueError, "knows 3 classes but the model 4"),
+    (dict(classifier="classifier_linear"), ValueError, "another noise process"),
+    (dict(classifier="missing.ckpt"), FileNotFoundError, "classifier checkpoint .*missing.ckpt.* does not exist"),
+    (dict(checkpoint="missing.ckpt"), FileNotFoundError, "diffusion model checkpoint .* does not exist"),
+    (dict(guidance="classifier"), ValueError, "needs --classifier"),
+    (dict(steps="ddim7000"), ValueError, "ddim7000|cannot|fewer"),
+    (dict(sampler="ddpm", eta=0.5), ValueError, "eta is a DDIM option"),
+])
+def test_bad_input_fails_before_any_sampling(checkpoints, tmp_path, monkeypatch, options, error, message):
+    monkeypatch.setattr(runner_module, "sample", lambda *a, **k: pytest.fail("sampling started"))
+    options = dict(options)
+    for key in ("checkpoint", "classifier"):
+        if key in options and options[key] in checkpoints:
+            options[key] = checkpoints[options[key]]
+        elif key in options:
+            options[key] = str(tmp_path / options[key])
+    checkpoint = options.pop("checkpoint", checkpoints["diffusion"])
+    with pytest.raises(error, match=message):
+        sample(checkpoint, str(tmp_path / "out"), num_samples=4, **{**FAST, **options})
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_the_cli_runs_sample(checkpoints, tmp_path, capsys):
+    gd(["sample", checkpoints["diffusion"], "--output", str(tmp_path), "--num_samples", "2", "--steps", "ddim2",
+        "--batch_size", "2", "--accelerator", "cpu", "--progress", "false", "--sampler", "ddim"])
+    assert (tmp_path / "samples_2x16x16x3.npz").exists() and "wrote" in capsys.readouterr().out

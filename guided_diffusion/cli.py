@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "demo": "guided_diffusion.demo:demo",
     "sample": "guided_diffusion.generation.command:sample",
     "evaluate": "guided_diffusion.evaluation.evaluate:evaluate",
+    "sweep": "guided_diffusion.sweep:sweep",
     "export": "guided_diffusion.training.checkpoint_io:export",
 }
 

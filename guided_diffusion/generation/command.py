@@ -81,8 +81,8 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
     chosen = parse_classes(classes, num_classes)
     plan = SamplePlan(num_samples, batch_size, seed, num_classes, chosen if isinstance(chosen, str) else tuple(chosen))
     model.diffusion.respace(steps)  # a bad respacing string fails now, not on the first shard
-    settings = dict(checkpoint=str(Path(checkpoint).resolve()), preset=preset, ema=ema,
-                    classifier=str(Path(classifier).resolve()) if classifier else None,
+    settings = dict(checkpoint=_fingerprint(checkpoint), preset=preset, ema=ema,
+                    classifier=_fingerprint(classifier) if classifier else None,
                     classifier_preset=classifier_preset, guidance=guidance, scale=float(scale), sampler=sampler,
                     steps=str(steps), eta=eta, clip_denoised=clip_denoised, precision=precision,
                     **dataclasses.asdict(plan))
@@ -122,6 +122,12 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
     seconds = time.perf_counter() - started
     print(f"wrote {merged}" + (f" and {grid_path}" if grid_path else "") + f" in {seconds:.1f} s")
     return SampleResult(merged, grid_path, seconds)
+
+
+def _fingerprint(path: str) -> str:
+    """Path, size and modification time: a retrained or replaced checkpoint is a different run."""
+    stat = Path(path).stat()
+    return f"{Path(path).resolve()} ({stat.st_size} bytes, mtime {stat.st_mtime_ns})"
 
 
 def _strategy(name: str, world_size: int, timeout_minutes: float):

@@ -1,0 +1,52 @@
+"""``gd sweep``: one row per guidance scale with the ADM metrics, a CSV, a plot and the best scale."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from guided_diffusion.cli import main as gd
+from guided_diffusion.sweep import sweep
+from tests.test_generation import checkpoints  # noqa: F401  (the tiny checkpoints fixture)
+
+
+@pytest.fixture
+def reference(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, size=(12, 16, 16, 3), dtype=np.uint8)
+    path = tmp_path / "reference.npz"
+    np.savez(path, arr_0=images)
+    return str(path)
+
+
+def test_sweep_writes_csv_plot_and_best_scale(checkpoints, reference, tmp_path):  # noqa: F811
+    summary = sweep(checkpoints["diffusion"], reference, str(tmp_path / "sweep"), scales=[0.0, 20.0],
+                    classifier=checkpoints["classifier"], num_samples=8, batch_size=4, steps=["ddim2"],
+                    features="mnist", accelerator="cpu", progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "sweep" / "sweep.csv")))
+    assert [float(row["scale"]) for row in rows] == [0.0, 20.0]
+    for row in rows:
+        for metric in ("fid", "sfid", "inception_score", "precision", "recall", "accuracy"):
+            assert np.isfinite(float(row[metric])), metric
+    assert rows[0]["fid"] != rows[1]["fid"]  # guidance changed the samples
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 10_000
+    assert summary["best_by_fid"]["fid"] == min(float(row["fid"]) for row in rows)
+    assert (tmp_path / "sweep" / "ddim-ddim2" / "scale-20" / "samples_8x16x16x3.npz").exists()
+
+
+def test_sweep_rejects_bad_input_before_sampling(checkpoints, reference, tmp_path):  # noqa: F811
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        sweep(checkpoints["diffusion"], reference, str(tmp_path), scales=[1.0, -2.0])
+    with pytest.raises(ValueError, match="too few"):
+        sweep(checkpoints["diffusion"], reference, str(tmp_path), num_samples=2)
+    with pytest.raises((FileNotFoundError, ValueError), match="missing.npz"):
+        sweep(checkpoints["diffusion"], str(tmp_path / "missing.npz"), str(tmp_path))
+    assert not (tmp_path / "ddim-ddim25").exists()
+
+
+def test_the_cli_has_sweep_and_evaluate(capsys):
+    for command in ("sweep", "evaluate", "sample"):
+        with pytest.raises(SystemExit) as exit_info:
+            gd([command, "--help"])
+        assert exit_info.value.code == 0
+    assert "--scales" in capsys.readouterr().out

@@ -39,7 +39,13 @@ def main(argv: list[str] | None = None) -> None:
 
         module_name, func_name = COMMANDS[command].split(":")
         func = getattr(importlib.import_module(module_name), func_name)
-        CLI(func, args=rest, as_positional=True)
+        try:
+            CLI(func, args=rest, as_positional=True, prog=f"gd {command}")
+        except (ValueError, FileNotFoundError) as error:
+            if not from_command_line:
+                raise
+            # bad input is reported as one line naming the problem, not a traceback
+            raise SystemExit(f"gd {command}: error: {error}") from None
         return
     if command in LIGHTNING_SUBCOMMANDS:
         from guided_diffusion.training.cli import lightning_main

@@ -21,7 +21,6 @@ ranks). The reference statistics are computed once, at the first evaluation, and
 """
 from __future__ import annotations
 
-import logging
 import math
 import time
 from typing import Literal, Optional
@@ -33,11 +32,30 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..evaluation.accumulate import RunningFeatureStatistics
 from ..evaluation.features import ResizeMode, build_feature_extractor
-from ..evaluation.metrics import FeatureStatistics, frechet_distance
-
-log = logging.getLogger(__name__)
+from ..evaluation.metrics import FeatureStatistics
 
 FeatureChoice = Literal["auto", "inception", "mnist"]
+
+
+def symmetric_sqrt(sigma: torch.Tensor) -> torch.Tensor:
+    """The PSD square root of a symmetric PSD matrix (eigenvalues clipped at 0 against round-off)."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(sigma)
+    return (eigenvectors * eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
+
+
+def frechet_distance_with_root(reference: FeatureStatistics, reference_root: torch.Tensor,
+                               samples: FeatureStatistics) -> float:
+    """The Frechet distance of :func:`guided_diffusion.evaluation.metrics.frechet_distance`, computed with
+    tr sqrtm(S1 S2) = sum sqrt(eig(S1^1/2 S2 S1^1/2)) (S1 S2 is similar to that PSD matrix) from the cached
+    root of the reference covariance: two symmetric eigendecompositions instead of a general matrix square
+    root. At 2048-d on two CPU cores: 7 s per evaluation (+11 s once for the root) against 65 s for scipy's
+    sqrtm; on the GPU when there is one. Equal to the ADM formula up to round-off (tested)."""
+    device, dtype = reference_root.device, reference_root.dtype
+    mu_r, sigma_r = (torch.as_tensor(a, device=device, dtype=dtype) for a in (reference.mu, reference.sigma))
+    mu_s, sigma_s = (torch.as_tensor(a, device=device, dtype=dtype) for a in (samples.mu, samples.sigma))
+    product = reference_root @ sigma_s @ reference_root
+    trace_sqrt = torch.linalg.eigvalsh((product + product.T) / 2).clamp(min=0).sqrt().sum()
+    return float((mu_r - mu_s).square().sum() + sigma_r.trace() + sigma_s.trace() - 2 * trace_sqrt)
 
 
 class SmallSampleFIDCallback(Callback):
@@ -100,6 +118,7 @@ class SmallSampleFIDCallback(Callback):
         self.extractor: Optional[torch.nn.Module] = None  # built in setup(); never a submodule of the model
         self.resolved_features: Optional[str] = None
         self.reference_statistics: Optional[FeatureStatistics] = None
+        self.reference_root: Optional[torch.Tensor] = None  # sqrt of the reference covariance (float64)
         self.history: list[tuple[int, float]] = []  # (step, value) of every evaluation in this process
         self._last_step: Optional[int] = None
 
@@ -160,6 +179,8 @@ class SmallSampleFIDCallback(Callback):
         self.extractor.to(pl_module.device)
         if self.reference_statistics is None:
             self.reference_statistics = self.compute_reference_statistics(trainer, pl_module)
+            sigma = torch.as_tensor(self.reference_statistics.sigma, device=self._statistics_device(pl_module))
+            self.reference_root = symmetric_sqrt(sigma)
         statistics = self._new_statistics(pl_module)
         rank, world_size = trainer.global_rank, trainer.world_size
         indices = list(range(rank, self.num_samples, world_size))
@@ -173,7 +194,7 @@ class SmallSampleFIDCallback(Callback):
                                           generator=generators)
             statistics.update(self.extractor(images.float())["pool"])
         samples = statistics.compute()  # sums over ranks (torchmetrics sync), then mean/covariance
-        value = frechet_distance(self.reference_statistics, samples)
+        value = frechet_distance_with_root(self.reference_statistics, self.reference_root, samples)
         if not math.isfinite(value):
             rank_zero_warn(f"{self.metric_name} is not finite at step {trainer.global_step}: {value}")
         self.history.append((trainer.global_step, value))

@@ -14,14 +14,20 @@
 - NCSN (:mod:`.ncsn`): noise levels (Techniques 1-2 of Song & Ermon 2020), ``ncsn_loss``, and a
   noise-conditional score network on the project's UNet.
 - Controllable generation (:mod:`.controllable`): inpainting and colorization as a Guidance that
-  every sampler accepts, and the DDPM paper's latent interpolation.
+  every sampler accepts, one-call ``inpaint`` / ``colorize`` / ``interpolate`` for an eps model and
+  its GaussianDiffusion (or a score model and its SDE), and the DDPM paper's latent interpolation.
 """
 from .controllable import (
     COLOR_BASIS,
+    SDE_SAMPLERS,
     InpaintedModel,
     Inpainting,
     colorization,
+    colorize,
+    colorize_progressive,
     from_decoupled,
+    inpaint,
+    inpaint_progressive,
     interpolate,
     slerp,
     to_decoupled,
@@ -63,5 +69,5 @@ __all__ = [
     "ncsn_loss", "ncsn_sigmas", "sigma_overlap", "langevin_step_size", "langevin_variance_ratio",
     "MixtureEpsNetwork", "MixtureTimeClassifier", "mixture_score_model",
     "COLOR_BASIS", "Inpainting", "InpaintedModel", "colorization", "to_decoupled", "from_decoupled", "slerp",
-    "interpolate",
+    "interpolate", "inpaint", "inpaint_progressive", "colorize", "colorize_progressive", "SDE_SAMPLERS",
 ]

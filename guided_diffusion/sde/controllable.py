@@ -26,6 +26,18 @@ orthogonal, with u0 = sqrt(3) * grey. Isotropic noise stays isotropic in it.
 **Interpolation** (Ho et al. 2020, Sec. 4.3): encode two images to a latent at step t with the
 stochastic encoder q(x_t | x_0) or deterministically with DDIM inversion, interpolate (linearly, or
 spherically for noise-like latents), and decode with the reverse process from t.
+
+**One call each** (what a command wires up), in the sampler signature style, for a DDPM/ADM eps
+model with its original ``GaussianDiffusion`` (every sampler of ``guided_diffusion.sampling``) or a
+score model with its SDE (:data:`SDE_SAMPLERS`)::
+
+    inpaint(model, diffusion, x_known, mask, *, sampler=None, num_samples=None, y=None, guidance=None,
+            steps=None, generator=None, progress=True, noise=None, **sampler_options) -> (B, C, H, W)
+    colorize(model, diffusion, grey, *, <the same keywords>) -> (B, 3, H, W)
+    interpolate(model, diffusion, x_a, x_b, weights, *, encoder="q", t=None, mode=None, sampler=None,
+                steps=None, generator=None, decode_seed=0, **sample_options) -> (len(weights), B, C, H, W)
+
+with ``*_progressive`` variants of the first two.
 """
 from __future__ import annotations
 
@@ -35,7 +47,7 @@ from typing import Literal, Optional, Sequence
 import torch
 from torch import nn
 
-from ..sampling.common import Generators, randn
+from ..sampling.common import Generators, last, randn
 from ..sampling.guidance import Guidance
 from .sdes import SDE, broadcast
 
@@ -167,6 +179,178 @@ def colorization(grey: torch.Tensor, process, **options) -> Inpainting:
     return Inpainting(from_decoupled(u), mask, process, basis=COLOR_BASIS, **options)
 
 
+# ---------------------------------------------------------------------------------------------- one-call API
+#: samplers of an SDE score model (``process`` an SDE); a GaussianDiffusion takes every name of
+#: ``guided_diffusion.sampling.SAMPLERS`` (ddpm, ddim, dpm-solver, euler-maruyama, reverse-diffusion, pc,
+#: annealed-langevin). The probability-flow ODE is left out: the fresh noise of every replacement
+#: would make its right-hand side random, which an adaptive solver cannot integrate.
+SDE_SAMPLERS = ("pc", "euler-maruyama", "reverse-diffusion", "annealed-langevin")
+
+
+def _sde_progressive(name: str):
+    from .samplers import annealed_langevin_sample_progressive, pc_sample_progressive
+
+    if name not in SDE_SAMPLERS:
+        raise ValueError(f"unknown SDE sampler {name!r}; expected one of {', '.join(SDE_SAMPLERS)}")
+    if name == "annealed-langevin":
+        return annealed_langevin_sample_progressive
+    kinds = {"pc": ("reverse_diffusion", "langevin"), "euler-maruyama": ("euler_maruyama", "none"),
+             "reverse-diffusion": ("reverse_diffusion", "none")}
+    predictor, corrector = kinds[name]
+
+    def progressive(*args, **options):
+        return pc_sample_progressive(*args, **{"predictor": predictor, "corrector": corrector, **options})
+
+    return progressive
+
+
+def _guidance_list(guidance) -> list:
+    if guidance is None:
+        return []
+    if isinstance(guidance, Guidance):
+        return [guidance]
+    if isinstance(guidance, (list, tuple)) and all(isinstance(g, Guidance) for g in guidance):
+        return list(guidance)
+    raise TypeError(f"guidance must be a Guidance object or a list of them, got {type(guidance).__name__}")
+
+
+def controlled_sample_progressive(model, process, condition: Inpainting, shape_or_noise, *,
+                                  sampler: Optional[str] = None, y: Optional[torch.Tensor] = None, guidance=None,
+                                  **options):
+    """Run ``sampler`` with ``condition`` appended to ``guidance`` (after it: see :class:`Inpainting`).
+
+    ``process`` is the model's original GaussianDiffusion (``model(x_t, t, y=None)`` an eps/x0
+    network; any sampler of ``guided_diffusion.sampling.SAMPLERS``, default ``ddim``) or an SDE
+    (``model`` a score model such as ``EpsScoreModel`` or ``NoiseConditionalScoreNetwork.score_model()``;
+    a sampler of :data:`SDE_SAMPLERS`, default ``pc``); ``None`` means ``model.sde``.
+    """
+    guidances = _guidance_list(guidance) + [condition]
+    if options.get("steps", 0) is None:
+        del options["steps"]  # the sampler's own default
+    if isinstance(process, SDE):
+        return _sde_progressive(sampler or "pc")(model, process, shape_or_noise, y=y, guidance=guidances, **options)
+    from ..sampling import sample_progressive
+
+    return sample_progressive(model, process, shape_or_noise, sampler=sampler or "ddim", y=y, guidance=guidances,
+                              **options)
+
+
+def _resolve_process(model, process):
+    if process is None:
+        process = getattr(model, "sde", None)
+        if process is None:
+            raise ValueError("pass the model's diffusion (a GaussianDiffusion) or SDE: the model has no `sde`")
+    return process
+
+
+def _batch(x: torch.Tensor, num_samples: Optional[int], name: str) -> torch.Tensor:
+    if x.ndim < 2:
+        raise ValueError(f"{name} must be a batch (B, C, ...), got shape {tuple(x.shape)}")
+    if num_samples is None:
+        return x
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if x.shape[0] == num_samples:
+        return x
+    if x.shape[0] != 1:
+        raise ValueError(f"{name} has batch {x.shape[0]}: give one image (batch 1) for num_samples={num_samples}, "
+                         "or exactly num_samples images")
+    return x.expand(num_samples, *x.shape[1:])
+
+
+def inpaint_progressive(model, process, x_known: torch.Tensor, mask: torch.Tensor, *, sampler: Optional[str] = None,
+                        num_samples: Optional[int] = None, y: Optional[torch.Tensor] = None, guidance=None,
+                        steps=None, generator: Generators = None, progress: bool = True, noise=None,
+                        **options):
+    """:func:`inpaint`, yielding the sampler's dict after every step (the last holds the result)."""
+    process = _resolve_process(model, process)
+    x_known = _batch(x_known, num_samples, "x_known")
+    mask = torch.as_tensor(mask, dtype=x_known.dtype, device=x_known.device)
+    try:
+        torch.broadcast_shapes(mask.shape, x_known.shape)
+    except RuntimeError:
+        raise ValueError(f"the mask {tuple(mask.shape)} does not broadcast to the images "
+                         f"{tuple(x_known.shape)}") from None
+    condition = Inpainting(x_known, mask, process, generator=generator)
+    start = x_known.shape if noise is None else noise
+    if noise is not None and noise.shape != x_known.shape:
+        raise ValueError(f"noise {tuple(noise.shape)} must have the shape of x_known {tuple(x_known.shape)}")
+    return controlled_sample_progressive(model, process, condition, start, sampler=sampler, y=y, guidance=guidance,
+                                         steps=steps, generator=generator, progress=progress, **options)
+
+
+def inpaint(model, process, x_known: torch.Tensor, mask: torch.Tensor, **options) -> torch.Tensor:
+    """Fill in the unknown pixels of ``x_known`` with any sampler (Song et al. 2021, App. I.2).
+
+    ``inpaint(model, diffusion, x_known, mask, *, sampler=None, num_samples=None, y=None,
+    guidance=None, steps=None, generator=None, progress=True, noise=None, **sampler_options)``
+
+    Args:
+        model: ``model(x_t, t, y=None)`` (eps or x0 network) with ``process`` its *original*
+            GaussianDiffusion, or a score model with ``process`` its SDE (or ``None``: ``model.sde``).
+        x_known: images (B, C, H, W) in [-1, 1]; only the pixels where ``mask`` is 1 are read.
+        mask: 1 = known (kept), 0 = to generate; broadcastable to ``x_known`` ((H, W), (1, 1, H, W),
+            (B, C, H, W), ...), values 0/1 only.
+        sampler: for a GaussianDiffusion any name of ``guided_diffusion.sampling.SAMPLERS``
+            (default ``"ddim"``), for an SDE one of :data:`SDE_SAMPLERS` (default ``"pc"``).
+        num_samples: expand a single image (batch 1) to this many samples.
+        y: class labels (B,) (class-conditional model and/or classifier guidance).
+        guidance: other guidance (classifier / classifier-free), applied before the inpainting.
+        steps: the sampler's ``steps`` (a respacing such as ``"ddim50"`` / ``"250"`` for a
+            GaussianDiffusion; a step count for the SDE samplers).
+        generator: one ``torch.Generator`` or one per sample; drives both the sampler's noise and
+            the fresh noise of the replaced pixels.
+        noise: the starting x_T instead of drawing it.
+        sampler_options: e.g. ``eta``, ``clip_denoised``, ``snr``, ``corrector_steps``.
+
+    Returns (B, C, H, W); the known pixels equal ``x_known`` (to float precision, up to the
+    DDPM samplers' x_0 clipping to [-1, 1]).
+    """
+    return last(inpaint_progressive(model, process, x_known, mask, **options))
+
+
+def _grey_channel(grey: torch.Tensor) -> torch.Tensor:
+    """(B, 1, ...) grey levels from (B, 1, ...), RGB (B, 3, ...) (their mean) or images (B, H, W)."""
+    if grey.ndim >= 2 and grey.shape[1] == 1:
+        return grey
+    if grey.ndim >= 2 and grey.shape[1] == 3:
+        return grey.mean(1, keepdim=True)
+    if grey.ndim == 3:
+        return grey.unsqueeze(1)
+    raise ValueError(f"grey must be (B, 1, H, W), (B, H, W) or RGB (B, 3, H, W) (its channel mean is used), "
+                     f"got shape {tuple(grey.shape)}")
+
+
+def colorize_progressive(model, process, grey: torch.Tensor, *, sampler: Optional[str] = None,
+                         num_samples: Optional[int] = None, y: Optional[torch.Tensor] = None, guidance=None,
+                         steps=None, generator: Generators = None, progress: bool = True, noise=None, **options):
+    """:func:`colorize`, yielding the sampler's dict after every step (the last holds the result)."""
+    process = _resolve_process(model, process)
+    grey = _batch(_grey_channel(grey), num_samples, "grey")
+    condition = colorization(grey, process, generator=generator)
+    shape = (grey.shape[0], 3) + tuple(grey.shape[2:])
+    if noise is not None and tuple(noise.shape) != shape:
+        raise ValueError(f"noise {tuple(noise.shape)} must have the shape of the colour images {shape}")
+    return controlled_sample_progressive(model, process, condition, shape if noise is None else noise,
+                                         sampler=sampler, y=y, guidance=guidance, steps=steps, generator=generator,
+                                         progress=progress, **options)
+
+
+def colorize(model, process, grey: torch.Tensor, **options) -> torch.Tensor:
+    """Colour images whose grey level (mean over RGB) is ``grey`` (Song et al. 2021, App. I.3), any sampler.
+
+    ``colorize(model, diffusion, grey, *, sampler=None, num_samples=None, y=None, guidance=None,
+    steps=None, generator=None, progress=True, noise=None, **sampler_options)``
+
+    ``model`` must be an RGB (3-channel) model; ``grey`` is (B, 1, H, W), (B, H, W), or RGB
+    (B, 3, H, W) whose channel mean is taken, in [-1, 1] (any (B, 1, ...) / (B, 3, ...) layout).
+    The other arguments are those of :func:`inpaint`. Returns (B, 3, H, W) whose channel mean is ``grey`` (exactly with
+    ``clip_denoised=False`` or the SDE samplers; the DDPM samplers' clipping of x_0 to [-1, 1] can
+    move the grey of out-of-gamut colours).
+    """
+    return last(colorize_progressive(model, process, grey, **options))
+
+
 def slerp(z0: torch.Tensor, z1: torch.Tensor, weight: float) -> torch.Tensor:
     """Spherical interpolation per sample: sin((1 - w) theta) / sin theta z0 + sin(w theta) / sin theta z1."""
     a, b = z0.reshape(len(z0), -1).double(), z1.reshape(len(z1), -1).double()
@@ -235,4 +419,5 @@ def interpolate(model, diffusion, x_a: torch.Tensor, x_b: torch.Tensor, weights:
 
 
 __all__ = ["COLOR_BASIS", "to_basis", "from_basis", "to_decoupled", "from_decoupled", "Inpainting",
-           "InpaintedModel", "colorization", "slerp", "interpolate"]
+           "InpaintedModel", "colorization", "slerp", "interpolate", "SDE_SAMPLERS", "inpaint", "inpaint_progressive",
+           "colorize", "colorize_progressive", "controlled_sample_progressive"]

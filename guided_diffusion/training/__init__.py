@@ -7,8 +7,9 @@ Thin glue over the plain-PyTorch core. Names are imported lazily, so
 - :class:`NCSNModule` trains a noise-conditional score network (NCSN) on the same UNet;
 - :class:`EMA` keeps the EMA weights inside the module;
 - :class:`SampleGridCallback` logs EMA sample grids;
-- :func:`load_diffusion_checkpoint` / :func:`load_classifier_checkpoint` / :func:`load_ncsn_checkpoint` rebuild trained networks
-  from a checkpoint with no flags; :func:`export` writes the OpenAI ``.pt`` layout (``gd export``).
+- :func:`load_diffusion_checkpoint` / :func:`load_classifier_checkpoint` / :func:`load_ncsn_checkpoint`
+  rebuild trained networks from a checkpoint with no flags; :func:`export` writes the OpenAI ``.pt``
+  layout (``gd export``).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ _LAZY = {
     "QuartileMeans": "metrics",
     "quartile_means": "metrics",
     "SampleGridCallback": "callbacks",
+    "SmallSampleFIDCallback": "fid_callback",
     "GuidedDiffusionCLI": "cli",
     "lightning_main": "cli",
     "load_diffusion_checkpoint": "checkpoint_io",

@@ -121,12 +121,13 @@ def _ncsn_from_checkpoint(checkpoint: Mapping[str, Any], ema: bool, source: str)
     config = config_from_dict("unet", dict(hparams["network"]))
     unet = config.build()
     _load_weights(unet, state, f"the {'EMA' if ema else 'model'} weights of {source!r}")
-    sigma_min, sigma_max, num_scales = float(hparams["sigma_min"]), float(hparams["sigma_max"]), int(hparams["num_scales"])
+    sigma_min, sigma_max = float(hparams["sigma_min"]), float(hparams["sigma_max"])
+    num_scales = int(hparams["num_scales"])
     network = NoiseConditionalScoreNetwork(unet, sigma_min, sigma_max, num_timesteps=num_scales,
                                            scale_input=bool(hparams.get("scale_input", True)))
     hparams = dict(hparams)
-    info = {"kind": "ncsn", "network": dict(hparams["network"]), "sigmas": geometric_sigmas(sigma_max, sigma_min,
-                                                                                           num_scales),
+    info = {"kind": "ncsn", "network": dict(hparams["network"]),
+            "sigmas": geometric_sigmas(sigma_max, sigma_min, num_scales),
             "global_step": int(checkpoint.get("global_step", 0)), "epoch": int(checkpoint.get("epoch", 0)),
             "ema": ema, "ema_rate": hparams.get("ema_rate"), "hyper_parameters": hparams}
     return network.eval(), network.sde, info

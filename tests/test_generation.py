@@ -205,3 +205,43 @@ def test_the_cli_runs_sample(checkpoints, tmp_path, capsys):
     gd(["sample", checkpoints["diffusion"], "--output", str(tmp_path), "--num_samples", "2", "--steps", "ddim2",
         "--batch_size", "2", "--accelerator", "cpu", "--progress", "false", "--sampler", "ddim"])
     assert (tmp_path / "samples_2x16x16x3.npz").exists() and "wrote" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------- controllable
+def test_inpainting_keeps_the_known_pixels_and_fills_the_rest(checkpoints, tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(2, 16, 16, 3), dtype=np.uint8)
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[:, :8] = 1  # keep the left half
+    np.savez(tmp_path / "inpaint.npz", arr_0=images, mask=mask)
+    result = sample(checkpoints["diffusion"], str(tmp_path / "out"), inpaint=str(tmp_path / "inpaint.npz"),
+                    num_samples=4, **FAST)
+    out = read(result.samples)["arr_0"].astype(int)
+    for i in range(4):  # sample i completes image i mod 2
+        assert np.abs(out[i, :, :8] - images[i % 2, :, :8]).max() <= 1
+    assert np.abs(out[:, :, 8:] - images[[0, 1, 0, 1], :, 8:]).mean() > 20  # the rest is generated
+
+
+def test_colorization_keeps_the_grey_level(checkpoints, tmp_path):
+    grey = np.random.default_rng(1).integers(60, 200, size=(1, 16, 16), dtype=np.uint8)
+    np.savez(tmp_path / "grey.npz", arr_0=grey)
+    result = sample(checkpoints["diffusion"], str(tmp_path / "out"), colorize=str(tmp_path / "grey.npz"),
+                    num_samples=2, clip_denoised=False, **FAST)
+    out = read(result.samples)["arr_0"].astype(float)
+    in_gamut = ((out > 0) & (out < 255)).all(-1)  # the random test model also paints out-of-gamut colours
+    assert in_gamut.sum() >= 10
+    error = np.abs(out.mean(-1) - grey[0][None])[in_gamut]
+    assert error.max() < 1.5  # the channel mean is the given grey (up to uint8 truncation)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (dict(arr_0=np.zeros((1, 8, 8, 3), np.uint8), mask=np.ones((8, 8))), "images are 8x8 but the model makes 16x16"),
+    (dict(arr_0=np.zeros((1, 16, 16, 3), np.uint8)), "needs a 'mask'"),
+    (dict(arr_0=np.zeros((1, 16, 16, 3), np.uint8), mask=np.full((16, 16), 0.5)), "only 0 .* and 1"),
+    (dict(arr_0=np.zeros((1, 16, 16, 3), np.float32), mask=np.ones((16, 16))), "must be uint8"),
+])
+def test_bad_inpainting_input_is_a_clear_error(checkpoints, tmp_path, arrays, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match=message):
+        sample(checkpoints["diffusion"], str(tmp_path / "out"), inpaint=str(tmp_path / "bad.npz"), num_samples=2,
+               **FAST)

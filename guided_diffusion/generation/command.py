@@ -36,6 +36,7 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
            classes: str = "all", num_samples: int = 100, batch_size: int = 25, seed: int = 0, ema: bool = True,
            precision: Precision = "32-true", accelerator: str = "auto", devices: int = 1, num_nodes: int = 1,
            strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto", timeout_minutes: float = 30.0,
+           inpaint: Optional[str] = None, colorize: Optional[str] = None,
            grid: bool = True, progress: bool = True) -> SampleResult:
     """Generate samples from a diffusion model, optionally guided, into resumable shards and an ADM ``.npz``.
 
@@ -64,6 +65,9 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
         num_nodes: nodes of a multi-node run.
         strategy: ``auto`` (DDP when several devices), ``ddp`` or ``ddp_spawn``.
         timeout_minutes: DDP collective timeout (a missing peer fails instead of hanging).
+        inpaint: ``.npz`` with ``arr_0`` (uint8 NHWC) and ``mask`` (1 = keep): fill in the rest;
+            sample i completes image i mod N.
+        colorize: ``.npz`` with ``arr_0`` grey (or RGB) images: colour images with that grey.
         grid: write ``grid.png`` of the first samples.
         progress: show the progress bar.
     """
@@ -81,10 +85,20 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
     chosen = parse_classes(classes, num_classes)
     plan = SamplePlan(num_samples, batch_size, seed, num_classes, chosen if isinstance(chosen, str) else tuple(chosen))
     model.diffusion.respace(steps)  # a bad respacing string fails now, not on the first shard
+    if inpaint and colorize:
+        raise ValueError("--inpaint and --colorize are exclusive")
+    condition = None
+    if inpaint or colorize:
+        from .conditions import load_condition
+
+        config = model.config
+        condition = load_condition("inpaint" if inpaint else "colorize", inpaint or colorize, config.image_size,
+                                   config.in_channels)
     settings = dict(checkpoint=_fingerprint(checkpoint), preset=preset, ema=ema,
                     classifier=_fingerprint(classifier) if classifier else None,
                     classifier_preset=classifier_preset, guidance=guidance, scale=float(scale), sampler=sampler,
                     steps=str(steps), eta=eta, clip_denoised=clip_denoised, precision=precision,
+                    condition=_fingerprint(inpaint or colorize) if condition else None,
                     **dataclasses.asdict(plan))
     options = dict(sampler=sampler, steps=steps, clip_denoised=clip_denoised)
     if sampler == "ddim":
@@ -99,7 +113,7 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
     freeze(model.network)
     if guiding is not None:
         freeze(guiding.network)
-    module = ShardSampler(model.network, model.diffusion, plan, output, guidance_object, options)
+    module = ShardSampler(model.network, model.diffusion, plan, output, guidance_object, options, condition)
     trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                         strategy=_strategy(strategy, devices * num_nodes, timeout_minutes), precision=precision,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..sampling import Guidance, sample
+from .conditions import ImageCondition
 from .plan import SamplePlan, complete_shards, merge_shards, to_uint8_nhwc, write_shard
 
 
@@ -45,13 +46,14 @@ class ShardSampler(L.LightningModule):
     """
 
     def __init__(self, model: torch.nn.Module, diffusion, plan: SamplePlan, directory: str | os.PathLike,
-                 guidance: Optional[Guidance], sampler_options: dict[str, Any]):
+                 guidance: Optional[Guidance], sampler_options: dict[str, Any],
+                 condition: Optional[ImageCondition] = None):
         super().__init__()
         self.model = model
         # a classifier inside the guidance must follow the model to the device
         self.classifier = getattr(guidance, "classifier", None)
         self.diffusion, self.plan, self.directory = diffusion, plan, Path(directory)
-        self.guidance, self.sampler_options = guidance, sampler_options
+        self.guidance, self.sampler_options, self.condition = guidance, sampler_options, condition
         self.merged: Optional[Path] = None
 
     def predict_step(self, shard, batch_idx: int) -> int:
@@ -60,9 +62,14 @@ class ShardSampler(L.LightningModule):
         labels = self.plan.labels(shard)
         if labels is not None:
             labels = labels.to(self.device)
-        count = len(self.plan.shard_indices(shard))
-        images = sample(self.model, self.diffusion, (count, config.in_channels, config.image_size, config.image_size),
-                        y=labels, guidance=self.guidance, generator=self.plan.generators(shard, self.device),
+        indices = self.plan.shard_indices(shard)
+        generators = self.plan.generators(shard, self.device)
+        guidance = self.guidance
+        if self.condition is not None:  # inpainting / colorization: after the other guidance
+            built = self.condition.build(indices, self.diffusion, self.device, generators)
+            guidance = [built] if guidance is None else [guidance, built]
+        shape = (len(indices), config.in_channels, config.image_size, config.image_size)
+        images = sample(self.model, self.diffusion, shape, y=labels, guidance=guidance, generator=generators,
                         progress=False, **self.sampler_options)
         write_shard(self.directory, shard, to_uint8_nhwc(images.float()).cpu().numpy(),
                     None if labels is None else labels.cpu().numpy())

@@ -33,7 +33,7 @@ def default_precision() -> str:
     return "bf16-mixed" if supported() else "32-true"
 
 
-def train_mnist(module, output: Path, name: str, max_steps: int, *, batch_size: int = 64, precision: str = "auto",
+def train_mnist(module, output: Path, name: str, max_steps: int, *, batch_size: int = 32, precision: str = "auto",
                 wandb: WandbMode = "offline", seed: int = 0) -> tuple[Path, bool]:
     """Fit ``module`` on MNIST-5k for ``max_steps`` (resuming from ``<name>/last.ckpt``).
 
@@ -106,9 +106,9 @@ def train_demo_models(output: str | Path, diffusion_steps: int, classifier_steps
     return diffusion_ckpt, classifier_ckpt, new_model or new_classifier
 
 
-def demo(output: str = "outputs/demo", diffusion_steps: int = 2000, classifier_steps: int = 600,
-         scales: Sequence[float] = (0.0, 1.0, 4.0), sampler: str = "ddim", steps: str = "ddim50",
-         batch_size: int = 64, precision: Precision = "auto", seed: int = 0, retrain: bool = False,
+def demo(output: str = "outputs/demo", diffusion_steps: int = 800, classifier_steps: int = 300,
+         scales: Sequence[float] = (0.0, 1.0, 4.0), sampler: str = "ddim", steps: str = "ddim25",
+         batch_size: int = 32, precision: Precision = "auto", seed: int = 0, retrain: bool = False,
          wandb: WandbMode = "offline") -> dict:
     """Train a tiny guided diffusion model on the embedded MNIST-5k, sample and score 10x10 grids.
 

@@ -40,7 +40,7 @@ def _override(tmp_path: Path, name: str, steps: int, extra_callbacks=(), **secti
                           "init_args": {"every_n_steps": 2, "samples_per_class": 2, "max_classes": 3,
                                         "steps": "ddim3"}})
     callbacks += [{"class_path": path} for path in extra_callbacks]
-    config = {"trainer": {"max_steps": steps, "log_every_n_steps": 1, "val_check_interval": 2, "limit_val_batches": 1,
+    config = {"trainer": {"max_steps": steps, "log_every_n_steps": 1, "val_check_interval": 2, "limit_val_batches": 2,
                           "enable_progress_bar": False, "callbacks": callbacks, **sections.pop("trainer", {})},
               "data": {"batch_size": 8, **sections.pop("data", {})}, **sections}
     path = tmp_path / f"{name}-{len(list(tmp_path.glob('*.yaml')))}.yaml"
@@ -125,7 +125,7 @@ def test_fit_diffusion_with_wandb_then_resume_export_predict(workdir):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ema.items())
 
     # Predict: one EMA sample per validation label.
-    predict = _override(workdir, "diffusion", steps=6, trainer={"logger": False, "limit_predict_batches": 1},
+    predict = _override(workdir, "diffusion", steps=6, trainer={"logger": False, "limit_predict_batches": 2},
                         data={"val_batch_size": 3})
     cli = lightning_main(["predict", "--config", DIFFUSION_YAML, "--config", predict, "--ckpt_path",
                           str(checkpoints / "last.ckpt"), "--model.init_args.sampling_steps", "ddim2"])

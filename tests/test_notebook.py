@@ -17,6 +17,7 @@ def test_guided_sampling_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("GD_NOTEBOOK_TRAIN_STEPS", "3")
     monkeypatch.setenv("GD_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("GD_NOTEBOOK_THREADS", "1")  # the suite runs in parallel workers
     monkeypatch.setenv("WANDB_MODE", "disabled")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",

@@ -88,8 +88,8 @@ def write_reference(path: Path) -> Path:
     return path
 
 
-def train_demo_models(output: str | Path, diffusion_steps: int, classifier_steps: int, **options
-                      ) -> tuple[Path, Path, bool]:
+def train_demo_models(output: str | Path, diffusion_steps: int, classifier_steps: int, *,
+                      classifier_batch_size: int = 64, **options) -> tuple[Path, Path, bool]:
     """The demo's diffusion model and classifier: ``(diffusion.ckpt, classifier.ckpt, trained_now)``.
 
     ``options`` are those of :func:`train_mnist` (``batch_size``, ``precision``, ``wandb``, ``seed``).
@@ -102,14 +102,16 @@ def train_demo_models(output: str | Path, diffusion_steps: int, classifier_steps
     model = DiffusionModule(network="mnist32_adm", lr=1e-3, ema_rate=0.999, lr_warmup_steps=100)
     diffusion_ckpt, new_model = train_mnist(model, output, "diffusion", diffusion_steps, **options)
     classifier = NoisyClassifierModule(network="mnist32_classifier", lr_anneal_steps=classifier_steps)
-    classifier_ckpt, new_classifier = train_mnist(classifier, output, "classifier", classifier_steps, **options)
+    options_classifier = {**options, "batch_size": classifier_batch_size}
+    classifier_ckpt, new_classifier = train_mnist(classifier, output, "classifier", classifier_steps,
+                                                  **options_classifier)
     return diffusion_ckpt, classifier_ckpt, new_model or new_classifier
 
 
-def demo(output: str = "outputs/demo", diffusion_steps: int = 800, classifier_steps: int = 300,
+def demo(output: str = "outputs/demo", diffusion_steps: int = 800, classifier_steps: int = 1000,
          scales: Sequence[float] = (0.0, 1.0, 4.0), sampler: str = "ddim", steps: str = "ddim25",
-         batch_size: int = 32, precision: Precision = "auto", seed: int = 0, retrain: bool = False,
-         wandb: WandbMode = "offline") -> dict:
+         batch_size: int = 32, classifier_batch_size: int = 64, precision: Precision = "auto", seed: int = 0,
+         retrain: bool = False, wandb: WandbMode = "offline") -> dict:
     """Train a tiny guided diffusion model on the embedded MNIST-5k, sample and score 10x10 grids.
 
     Args:
@@ -119,7 +121,9 @@ def demo(output: str = "outputs/demo", diffusion_steps: int = 800, classifier_st
         scales: classifier-guidance scales to sample and score (one 10x10 grid each).
         sampler: ``ddim``, ``ddpm`` or ``dpm-solver``.
         steps: sampling steps / respacing (e.g. ``ddim50``, ``250``, ``20``).
-        batch_size: training batch size (sampling batches are 50).
+        batch_size: training batch size of the diffusion model (sampling batches are 50).
+        classifier_batch_size: training batch size of the classifier (it is cheap: a larger batch
+            makes its gradients, and so the guidance, better for the same time).
         precision: ``auto`` = bf16 autocast when the CPU has native bf16, else fp32.
         seed: seed of training and sampling.
         retrain: train again even if checkpoints exist.
@@ -135,9 +139,9 @@ def demo(output: str = "outputs/demo", diffusion_steps: int = 800, classifier_st
         for name in ("diffusion", "classifier"):
             (out / f"{name}.ckpt").unlink(missing_ok=True)
             shutil.rmtree(out / name, ignore_errors=True)
-    diffusion_ckpt, classifier_ckpt, trained = train_demo_models(out, diffusion_steps, classifier_steps,
-                                                                 batch_size=batch_size, precision=precision,
-                                                                 wandb=wandb, seed=seed)
+    diffusion_ckpt, classifier_ckpt, trained = train_demo_models(
+        out, diffusion_steps, classifier_steps, batch_size=batch_size, classifier_batch_size=classifier_batch_size,
+        precision=precision, wandb=wandb, seed=seed)
     if trained:
         shutil.rmtree(out / "sweep", ignore_errors=True)  # samples of the previous networks
     reference = write_reference(out / "mnist_reference.npz")

@@ -10,7 +10,7 @@ from guided_diffusion.demo import demo
 
 def test_demo_trains_samples_scores_and_reuses_its_work(tmp_path, capsys):
     options = dict(output=str(tmp_path), diffusion_steps=2, classifier_steps=2, scales=[0.0, 2.0], steps="ddim2",
-                   batch_size=8, wandb="disabled")
+                   batch_size=8, classifier_batch_size=8, wandb="disabled")
     summary = demo(**options)
     assert [row["scale"] for row in summary["rows"]] == [0.0, 2.0]
     for row in summary["rows"]:

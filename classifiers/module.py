@@ -25,7 +25,6 @@ from .encoder import EncoderUNetConfig
 from .timm_classifier import TimmClassifierConfig
 
 CLASSIFIER_STATS = ("loss", "acc@1", "acc@5")
-VALIDATION_SEED = 2021
 
 
 def classifier_config_from_dict(config: dict) -> EncoderUNetConfig | TimmClassifierConfig:
@@ -133,33 +132,9 @@ class NoisyClassifierModule(TrainingModule):
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, batch, batch_idx: int) -> None:
-        generator = torch.Generator(batch[0].device).manual_seed(
-            VALIDATION_SEED + batch_idx * self.trainer.world_size + self.global_rank)
+        generator = self.evaluation_generator(batch[0].device, batch_idx)
         _, t, stats = self._step(batch, generator)
         self.eval_metrics.update(t, stats)
-
-    def _log_evaluation(self, prefix: str) -> None:
-        results = self.eval_metrics.compute()
-        self.eval_metrics.reset()
-        self.log_dict({f"{prefix}/{name}": value for name, value in results.items()}, sync_dist=True)
-
-    def on_validation_epoch_start(self) -> None:
-        self.eval_metrics.reset()
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_evaluation("val")
-
-    def on_test_epoch_start(self) -> None:
-        self.eval_metrics.reset()
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_evaluation("test")
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """Class probabilities of the clean images (t = 0): ``{"probs", "labels"}``."""

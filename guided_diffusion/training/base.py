@@ -12,6 +12,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 
+#: Validation, test and predict noise is seeded from this, the batch index and the rank, so that
+#: evaluation numbers are comparable across epochs and runs.
+VALIDATION_SEED = 2021
+
+
 class WarmupAnneal:
     """LR factor: linear warm-up over ``warmup_steps``, then linear decay to 0 at ``anneal_steps``
     (guided-diffusion's ``lr_anneal_steps`` / ``anneal_lr``); 0 disables either part."""
@@ -152,6 +157,39 @@ class TrainingModule(LightningModule):
         if num_classes is not None and data_classes is not None and data_classes != num_classes:
             raise ValueError(f"the data has {data_classes} classes but the network was built for "
                              f"num_classes={num_classes}")
+
+    # ------------------------------------------------------------------ validation / test
+    # Subclasses set ``self.eval_metrics`` (reset / update / compute) and implement ``_evaluate``.
+    def evaluation_generator(self, device: torch.device, batch_idx: int) -> torch.Generator:
+        """The seeded generator of evaluation batch ``batch_idx`` on this rank."""
+        return torch.Generator(device).manual_seed(
+            VALIDATION_SEED + batch_idx * self.trainer.world_size + self.global_rank)
+
+    def _evaluate(self, batch, batch_idx: int) -> None:
+        raise NotImplementedError
+
+    def _log_evaluation(self, prefix: str) -> None:
+        results = self.eval_metrics.compute()
+        self.eval_metrics.reset()
+        self.log_dict({f"{prefix}/{name}": value for name, value in results.items()}, sync_dist=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self.eval_metrics.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluation("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.eval_metrics.reset()
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["nonfinite_steps"] = self.nonfinite_steps

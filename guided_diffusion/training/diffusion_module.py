@@ -23,8 +23,6 @@ from .base import TrainingModule
 from .ema import EMA
 from .metrics import QuartileMeans, quartile_means
 
-VALIDATION_SEED = 2021
-
 
 def resolve_diffusion_network(network: UNetConfig | str | dict, diffusion: DiffusionConfig | dict | None,
                               label_dropout: float = 0.0) -> tuple[UNetConfig, DiffusionConfig]:
@@ -162,35 +160,11 @@ class DiffusionModule(TrainingModule):
     # ------------------------------------------------------------------ evaluation (EMA weights)
     def _evaluate(self, batch, batch_idx: int) -> None:
         x, y = batch
-        generator = torch.Generator(x.device).manual_seed(
-            VALIDATION_SEED + batch_idx * self.trainer.world_size + self.global_rank)
+        generator = self.evaluation_generator(x.device, batch_idx)
         t = torch.randint(0, self.diffusion.num_timesteps, (x.shape[0],), generator=generator, device=x.device)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         terms = self.diffusion.training_losses(self.ema.module, x, t, y=self.model_labels(y, drop=False), noise=noise)
         self.eval_metrics.update(t, terms)
-
-    def _log_evaluation(self, prefix: str) -> None:
-        results = self.eval_metrics.compute()
-        self.eval_metrics.reset()
-        self.log_dict({f"{prefix}/{name}": value for name, value in results.items()}, sync_dist=True)
-
-    def on_validation_epoch_start(self) -> None:
-        self.eval_metrics.reset()
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_evaluation("val")
-
-    def on_test_epoch_start(self) -> None:
-        self.eval_metrics.reset()
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_evaluation("test")
 
     # ------------------------------------------------------------------ sampling (EMA weights)
     @torch.no_grad()
@@ -226,8 +200,7 @@ class DiffusionModule(TrainingModule):
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """One EMA sample per label of the batch: ``{"images": uint8 NHWC, "labels": int64}``."""
         _, y = batch
-        generator = torch.Generator(y.device).manual_seed(VALIDATION_SEED + batch_idx * self.trainer.world_size
-                                                          + self.global_rank)
+        generator = self.evaluation_generator(y.device, batch_idx)
         images = self.sample(len(y), y, generator=generator)
         return {"images": to_uint8_nhwc(images), "labels": y}
 

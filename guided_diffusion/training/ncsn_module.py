@@ -57,7 +57,6 @@ from .diffusion_module import to_uint8_nhwc
 from .ema import EMA
 from .metrics import QuartileMeans, quartile_means
 
-VALIDATION_SEED = 2021
 NCSNSampler = Literal["annealed-langevin", "pc", "reverse-diffusion", "euler-maruyama", "ode"]
 NCSN_SAMPLERS = ("annealed-langevin", "pc", "reverse-diffusion", "euler-maruyama", "ode")
 
@@ -269,33 +268,9 @@ class NCSNModule(TrainingModule):
     # ------------------------------------------------------------------ evaluation (EMA weights)
     def _evaluate(self, batch, batch_idx: int) -> None:
         x, y = batch
-        generator = torch.Generator(x.device).manual_seed(
-            VALIDATION_SEED + batch_idx * self.trainer.world_size + self.global_rank)
+        generator = self.evaluation_generator(x.device, batch_idx)
         out = self._loss(self.score_network(ema=True), x, y, generator)
         self.eval_metrics.update(self.network_timesteps(out["sigma_index"]), {"loss": out["loss"]})
-
-    def _log_evaluation(self, prefix: str) -> None:
-        results = self.eval_metrics.compute()
-        self.eval_metrics.reset()
-        self.log_dict({f"{prefix}/{name}": value for name, value in results.items()}, sync_dist=True)
-
-    def on_validation_epoch_start(self) -> None:
-        self.eval_metrics.reset()
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_evaluation("val")
-
-    def on_test_epoch_start(self) -> None:
-        self.eval_metrics.reset()
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_evaluation("test")
 
     # ------------------------------------------------------------------ sampling (EMA weights)
     def langevin_step_size(self, steps_per_level: Optional[int] = None) -> float:
@@ -358,8 +333,7 @@ class NCSNModule(TrainingModule):
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """One EMA sample per image of the batch: ``{"images": uint8 NHWC, "labels": int64}``."""
         _, y = batch
-        generator = torch.Generator(y.device).manual_seed(VALIDATION_SEED + batch_idx * self.trainer.world_size
-                                                          + self.global_rank)
+        generator = self.evaluation_generator(y.device, batch_idx)
         images = self.sample(len(y), y, generator=generator)
         return {"images": to_uint8_nhwc(images), "labels": y}
 

@@ -28,31 +28,14 @@ import multiprocessing as mp
 import statistics
 import time
 
+# benchmarks run as scripts, so sibling scripts are importable: one copy of the /proc memory helpers
+from bench_unet import _reset_peak_rss, _status_mib
+
 CASES = {  # name -> (preset, batch size)
     "mnist-tiny": ("mnist32_adm", 32),
     "32px-11M": ("cifar32_adm", 8),
 }
 PRECISIONS = ("32-true", "bf16-mixed")
-
-
-def _status_mib(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _run_case(preset: str, batch_size: int, precision: str, steps: int, warmup: int, threads: int, queue) -> None:

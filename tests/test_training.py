@@ -20,7 +20,6 @@ from guided_diffusion.training import (
     EMA,
     DiffusionModule,
     QuartileMeans,
-    WarmupAnneal,
     export,
     load_classifier_checkpoint,
     load_diffusion_checkpoint,
@@ -79,11 +78,6 @@ def test_ema_warmup_and_no_grad():
     ema.num_updates.fill_(10**7)
     assert ema.get_decay() == 0.9999
     assert EMA(model, 0.99, warmup=False).get_decay() == 0.99
-
-
-def test_warmup_anneal_schedule():
-    assert [WarmupAnneal(4, 0)(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
-    assert [WarmupAnneal(0, 4)(s) for s in (0, 2, 4, 6)] == [1.0, 0.5, 0.0, 0.0]
 
 
 def test_quartile_means_match_hand_computation():

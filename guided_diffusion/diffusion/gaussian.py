@@ -317,11 +317,13 @@ class GaussianDiffusion:
 
     def training_losses(self, model: Callable, x_start: torch.Tensor, t: torch.Tensor, *,
                         y: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
-                        model_kwargs: Optional[dict] = None) -> dict:
+                        model_kwargs: Optional[dict] = None, mse_weight: Optional[torch.Tensor] = None) -> dict:
         """Per-example training losses at timesteps t: ``loss`` and, as they apply, ``mse``, ``vb``.
 
         For ``loss_type="mse"`` with a learned variance this is the hybrid loss of improved DDPM:
         the vlb term sees the mean with its gradient stopped, so only Sigma_theta learns from it.
+        ``mse_weight`` (per example, e.g. :func:`~guided_diffusion.diffusion.weighting.mse_weights`
+        at t) weights the MSE term only: ``loss = mse_weight * mse (+ vb)``; ``mse`` stays unweighted.
         """
         self.check_timesteps(t, x_start.shape[0])
         if noise is None:
@@ -349,7 +351,8 @@ class GaussianDiffusion:
         else:
             target = x_start if self.mean_type == "x0" else noise
         terms["mse"] = mean_flat((target - mean_out) ** 2)
-        terms["loss"] = terms["mse"] + terms["vb"] if "vb" in terms else terms["mse"]
+        weighted = terms["mse"] if mse_weight is None else mse_weight * terms["mse"]
+        terms["loss"] = weighted + terms["vb"] if "vb" in terms else weighted
         return terms
 
     def prior_bpd(self, x_start: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ _LAZY = {
     "resolve_diffusion_network": "diffusion_module",
     "to_uint8_nhwc": "diffusion_module",
     "TrainingModule": "base",
-    "WarmupAnneal": "base",
+    "build_lr_scheduler": "base",
     "EMA": "ema",
     "QuartileMeans": "metrics",
     "quartile_means": "metrics",

@@ -4,7 +4,7 @@ statistics, and the early data/network consistency check.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from lightning.pytorch import LightningModule
@@ -17,20 +17,45 @@ from torch import nn
 VALIDATION_SEED = 2021
 
 
-class WarmupAnneal:
-    """LR factor: linear warm-up over ``warmup_steps``, then linear decay to 0 at ``anneal_steps``
-    (guided-diffusion's ``lr_anneal_steps`` / ``anneal_lr``); 0 disables either part."""
+LrSchedule = Literal["linear", "cosine"]
 
-    def __init__(self, warmup_steps: int = 0, anneal_steps: int = 0):
-        self.warmup_steps, self.anneal_steps = warmup_steps, anneal_steps
 
-    def __call__(self, step: int) -> float:
-        factor = 1.0
-        if self.warmup_steps > 0:
-            factor = min(factor, (step + 1) / self.warmup_steps)
-        if self.anneal_steps > 0:
-            factor *= max(0.0, 1.0 - step / self.anneal_steps)
-        return factor
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int = 0, anneal_steps: int = 0,
+                       schedule: LrSchedule = "linear") -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-step LR schedule from torch's schedulers: lr_s = lr * f(s) at optimizer step s, with
+
+    - warm-up (W = ``warmup_steps`` >= 2; 0 and 1 mean none, W = 0): f(s) = (s + 1) / W for s < W
+      (``LinearLR``);
+    - decay (A = ``anneal_steps`` > W) from f(W) = 1 to f(A) = 0, then 0:
+      ``"linear"``: f(s) = 1 - (s - W) / (A - W) (``LinearLR``; with W = 0 exactly guided-diffusion's
+      ``lr_anneal_steps``: lr * (1 - s / A)); ``"cosine"``: f(s) = (1 + cos(pi (s - W) / (A - W))) / 2
+      (``CosineAnnealingLR``);
+    - A = 0: constant after the warm-up (ADM's diffusion runs).
+    """
+    from torch.optim import lr_scheduler as schedulers
+
+    if schedule not in ("linear", "cosine"):
+        raise ValueError(f"unknown lr_schedule {schedule!r}; choose 'linear' or 'cosine'")
+    if anneal_steps and anneal_steps <= warmup_steps:
+        raise ValueError(f"lr_anneal_steps ({anneal_steps}) must exceed lr_warmup_steps ({warmup_steps})")
+    phases, milestones = [], []
+    warmup_steps = warmup_steps if warmup_steps > 1 else 0
+    if warmup_steps:
+        phases.append(schedulers.LinearLR(optimizer, 1.0 / warmup_steps, 1.0, total_iters=warmup_steps - 1))
+        milestones.append(warmup_steps)
+    if anneal_steps:
+        length = anneal_steps - warmup_steps
+        if schedule == "linear":
+            phases.append(schedulers.LinearLR(optimizer, 1.0, 0.0, total_iters=length))
+        else:
+            phases.append(schedulers.CosineAnnealingLR(optimizer, T_max=length, eta_min=0.0))
+            milestones.append(anneal_steps)
+            phases.append(schedulers.ConstantLR(optimizer, factor=0.0, total_iters=2**62))
+    if not phases:
+        return schedulers.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if len(phases) == 1:
+        return phases[0]
+    return schedulers.SequentialLR(optimizer, phases, milestones[:len(phases) - 1])
 
 
 class TrainingModule(LightningModule):
@@ -46,14 +71,15 @@ class TrainingModule(LightningModule):
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         lr_warmup_steps: linear LR warm-up steps (0 = none).
-        lr_anneal_steps: decay the LR linearly to 0 over this many steps (0 = constant).
+        lr_anneal_steps: decay the LR to 0 at this step (0 = constant); see :func:`build_lr_scheduler`.
         max_consecutive_nonfinite: raise after this many consecutive non-finite losses.
+        lr_schedule: shape of the decay, ``"linear"`` (ADM) or ``"cosine"``.
     """
 
     model: nn.Module
 
     def __init__(self, lr: float, weight_decay: float, lr_warmup_steps: int, lr_anneal_steps: int,
-                 max_consecutive_nonfinite: int):
+                 max_consecutive_nonfinite: int, lr_schedule: LrSchedule = "linear"):
         super().__init__()
         if lr <= 0 or weight_decay < 0 or lr_warmup_steps < 0 or lr_anneal_steps < 0:
             raise ValueError(f"need lr > 0 and non-negative weight_decay, lr_warmup_steps, lr_anneal_steps; got "
@@ -62,6 +88,11 @@ class TrainingModule(LightningModule):
             raise ValueError(f"max_consecutive_nonfinite must be >= 1, got {max_consecutive_nonfinite}")
         self.lr, self.weight_decay = lr, weight_decay
         self.lr_warmup_steps, self.lr_anneal_steps = lr_warmup_steps, lr_anneal_steps
+        if lr_schedule not in ("linear", "cosine"):
+            raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose 'linear' or 'cosine'")
+        if lr_anneal_steps and lr_anneal_steps <= lr_warmup_steps:
+            raise ValueError(f"lr_anneal_steps ({lr_anneal_steps}) must exceed lr_warmup_steps ({lr_warmup_steps})")
+        self.lr_schedule = lr_schedule
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
         self.nonfinite_steps = 0
         self.consecutive_nonfinite = 0
@@ -71,8 +102,7 @@ class TrainingModule(LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupAnneal(self.lr_warmup_steps,
-                                                                             self.lr_anneal_steps))
+        schedule = build_lr_scheduler(optimizer, self.lr_warmup_steps, self.lr_anneal_steps, self.lr_schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -90,6 +120,13 @@ class TrainingModule(LightningModule):
         if not self._skip_step:
             self.on_weights_updated()
         self._skip_step = False
+
+    def describe_weights(self, weights: Literal["ema", "raw"] = "ema") -> str:
+        """Which weights ``weights`` names, for captions and logs (the EMA's schedule and update count)."""
+        ema = getattr(self, "ema", None)
+        if weights == "ema" and ema is not None:
+            return ema.describe()
+        return f"raw weights after {self.global_step} steps"
 
     def on_weights_updated(self) -> None:
         """Called after every optimizer step that changed the weights (the EMA update)."""

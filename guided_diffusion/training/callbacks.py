@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -28,11 +28,16 @@ class SampleGridCallback(Callback):
         steps: respacing of the sampler (a fast one, e.g. ``"ddim25"``).
         seed: seed of the sampling noise.
         at_train_end: also log a grid when training ends.
+        weights: ``"ema"`` (the averaged weights validation uses) or ``"raw"`` (the training
+            weights); the caption names them (e.g. the EMA schedule and its update count).
     """
 
     def __init__(self, every_n_steps: int = 1000, samples_per_class: int = 8, max_classes: int = 10,
                  num_samples: int = 64, sampler: str = "ddim", steps: str = "ddim25", seed: int = 0,
-                 at_train_end: bool = True):
+                 at_train_end: bool = True, weights: Literal["ema", "raw"] = "ema"):
+        if weights not in ("ema", "raw"):
+            raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+        self.weights = weights
         if every_n_steps < 0 or samples_per_class < 1 or max_classes < 1 or num_samples < 1:
             raise ValueError("every_n_steps must be >= 0 and the grid sizes >= 1")
         self.every_n_steps, self.samples_per_class, self.max_classes = every_n_steps, samples_per_class, max_classes
@@ -69,15 +74,18 @@ class SampleGridCallback(Callback):
         count = len(labels) if labels is not None else self.num_samples
         generator = torch.Generator(pl_module.device).manual_seed(self.seed)
         with trainer.precision_plugin.forward_context():
-            images = pl_module.sample(count, labels, sampler=self.sampler, steps=self.steps, generator=generator)
+            images = pl_module.sample(count, labels, sampler=self.sampler, steps=self.steps, generator=generator,
+                                      weights=self.weights)
         grid = make_grid(images.float().cpu().add(1).div(2).clamp(0, 1), nrow=columns, padding=2)
         path = Path(trainer.default_root_dir) / "samples" / f"step_{step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, path)
-        caption = f"EMA samples at step {step} ({self.sampler}, {self.steps})"
+        describe = getattr(pl_module, "describe_weights", None)
+        which = describe(self.weights) if describe else self.weights
+        caption = f"samples at step {step} ({self.sampler}, {self.steps}; {which})"
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(key="samples/ema", images=[grid], step=step, caption=[caption])
+                logger.log_image(key=f"samples/{self.weights}", images=[grid], step=step, caption=[caption])
             elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("samples/ema", grid, step)
+                logger.experiment.add_image(f"samples/{self.weights}", grid, step)
         return path

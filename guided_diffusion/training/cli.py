@@ -13,6 +13,8 @@ resolved config is written next to the logs (``config.yaml``) and logged to ever
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -43,6 +45,33 @@ class GuidedDiffusionCLI(LightningCLI):
                          save_config_callback=SaveConfigToLoggers, auto_configure_optimizers=False,
                          parser_kwargs={"description": "Train and evaluate guided-diffusion models with Lightning."},
                          args=args, run=run, **kwargs)
+
+
+class _RecipeCLI(GuidedDiffusionCLI):
+    """Parses and instantiates a config's model and data exactly as ``gd fit`` would, without a Trainer."""
+
+    def instantiate_classes(self) -> None:
+        self.config_init = self.parser.instantiate_classes(self.config)
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model")
+
+
+#: Trainer settings of a config that belong to the recipe (how to train), not to where a run writes.
+RECIPE_TRAINER_KEYS = ("max_steps", "precision", "gradient_clip_val", "gradient_clip_algorithm",
+                       "accumulate_grad_batches")
+
+
+def load_recipe(config: str, overrides: Sequence[str] = ()) -> tuple[TrainingModule, ImageDataModule, dict]:
+    """The model, data module and recipe trainer settings (:data:`RECIPE_TRAINER_KEYS`) of a ``gd fit`` config.
+
+    ``overrides`` are ``gd fit`` command-line arguments (``["--trainer.max_steps=800",
+    "--model.init_args.lr=2e-3"]``); the config goes through the CLI's own parser, so the recipe a
+    program trains is the one ``gd fit --config CONFIG`` trains.
+    """
+    cli = _RecipeCLI(args=["--config", str(config), *overrides], run=False)
+    trainer = cli.config.get("trainer", {})
+    settings = {key: trainer.get(key) for key in RECIPE_TRAINER_KEYS if trainer.get(key) is not None}
+    return cli.model, cli.datamodule, settings
 
 
 def lightning_main(args: list[str] | None = None) -> GuidedDiffusionCLI:

@@ -15,12 +15,13 @@ from typing import Literal, Optional
 import torch
 
 from ..diffusion import DiffusionConfig, create_timestep_sampler
+from ..diffusion.weighting import MseWeighting, mse_weights
 from ..generation.plan import to_uint8_nhwc
 from ..nets import UNetConfig
 from ..nets.presets import get_preset
 from ..nets.registry import config_from_dict
-from .base import TrainingModule
-from .ema import EMA
+from .base import LrSchedule, TrainingModule
+from .ema import EMA, EmaSchedule
 from .metrics import QuartileMeans, quartile_means
 
 
@@ -76,9 +77,21 @@ class DiffusionModule(TrainingModule):
         lr: AdamW learning rate (ADM: 1e-4; 3e-4 at 64x64).
         weight_decay: AdamW weight decay (ADM: 0).
         lr_warmup_steps: linear LR warm-up steps (0 = none).
-        lr_anneal_steps: decay the LR linearly to 0 over this many steps (0 = constant, as ADM).
+        lr_anneal_steps: decay the LR to 0 at this step (0 = constant, as ADM).
+        lr_schedule: shape of that decay: ``"linear"`` (guided-diffusion's ``lr_anneal_steps``) or
+            ``"cosine"`` (see :func:`~guided_diffusion.training.base.build_lr_scheduler`).
         ema_rate: EMA rate of the weights used for validation and sampling (ADM: 0.9999).
-        ema_warmup: EMA warm-up, decay_n = min(ema_rate, (1 + n) / (10 + n)).
+        ema_warmup: EMA warm-up of the ``"rate"`` schedule, decay_n = min(ema_rate, (1 + n) / (10 + n)).
+        ema_schedule: ``"rate"`` (ADM: ``ema_rate``, with ``ema_warmup``) or ``"power"`` (EDM2's
+            power-function EMA, decay_n = (1 - 1/(n+1))^(gamma+1), which averages a fixed fraction of
+            any run; see :func:`~guided_diffusion.training.ema.ema_decay`).
+        ema_power_gamma: gamma of the ``"power"`` EMA (6.94: sigma_rel 0.10; larger = shorter memory).
+        loss_weighting: weight w_t of the MSE term, loss = w_t * L_simple (+ L_vlb as in ADM):
+            ``"none"`` (ADM), ``"min-snr"`` (Hang et al. 2023: min(SNR_t, gamma) / SNR_t for eps) or
+            ``"p2"`` (Choi et al. 2022: 1 / (k + SNR_t)^gamma); see :mod:`guided_diffusion.diffusion.weighting`.
+        min_snr_gamma: the SNR cap gamma of ``"min-snr"`` (paper: 5).
+        p2_gamma: the exponent gamma of ``"p2"`` (paper: 0.5 or 1).
+        p2_k: the offset k of ``"p2"`` (paper: 1).
         timestep_sampler: ``"uniform"`` t, or ``"loss-second-moment"`` importance sampling
             (p_t ~ sqrt(E[L_t^2]), kept identical on all ranks).
         label_dropout: probability of replacing a label by the null class ``num_classes`` (trains
@@ -93,8 +106,11 @@ class DiffusionModule(TrainingModule):
                  ema_rate: float = 0.9999, ema_warmup: bool = True,
                  timestep_sampler: Literal["uniform", "loss-second-moment"] = "loss-second-moment",
                  label_dropout: float = 0.0, max_consecutive_nonfinite: int = 10,
-                 sampler: Literal["ddim", "ddpm", "dpm-solver"] = "ddim", sampling_steps: str = "ddim25"):
-        super().__init__(lr, weight_decay, lr_warmup_steps, lr_anneal_steps, max_consecutive_nonfinite)
+                 sampler: Literal["ddim", "ddpm", "dpm-solver"] = "ddim", sampling_steps: str = "ddim25",
+                 lr_schedule: LrSchedule = "linear", ema_schedule: EmaSchedule = "rate", ema_power_gamma: float = 6.94,
+                 loss_weighting: MseWeighting = "none", min_snr_gamma: float = 5.0, p2_gamma: float = 1.0,
+                 p2_k: float = 1.0):
+        super().__init__(lr, weight_decay, lr_warmup_steps, lr_anneal_steps, max_consecutive_nonfinite, lr_schedule)
         config, diffusion_config = resolve_diffusion_network(network, diffusion, label_dropout)
         # Plain values only (dataclasses as dicts): checkpoints then load with weights_only=True.
         # ``_class_path`` lets ``gd validate|test|predict --ckpt_path FILE`` rebuild the module from the file.
@@ -103,13 +119,20 @@ class DiffusionModule(TrainingModule):
             network=config.to_dict(), diffusion=dataclasses.asdict(diffusion_config), lr=lr,
             weight_decay=weight_decay, lr_warmup_steps=lr_warmup_steps, lr_anneal_steps=lr_anneal_steps,
             ema_rate=ema_rate, ema_warmup=ema_warmup, timestep_sampler=timestep_sampler,
-            label_dropout=label_dropout, max_consecutive_nonfinite=max_consecutive_nonfinite))
+            label_dropout=label_dropout, max_consecutive_nonfinite=max_consecutive_nonfinite,
+            lr_schedule=lr_schedule, ema_schedule=ema_schedule, ema_power_gamma=ema_power_gamma,
+            loss_weighting=loss_weighting, min_snr_gamma=min_snr_gamma, p2_gamma=p2_gamma, p2_k=p2_k))
         # (sampler settings are left out: LightningCLI applies a checkpoint's hyper-parameters over
         # the command line, and how to sample is a choice made at sampling time)
         self.config, self.diffusion_config = config, diffusion_config
         self.model = config.build()
-        self.ema = EMA(self.model, ema_rate, ema_warmup)
+        self.ema = EMA(self.model, ema_rate, ema_warmup, ema_schedule, ema_power_gamma)
         self.diffusion = diffusion_config.build()
+        self.loss_weighting = loss_weighting
+        weights = mse_weights(self.diffusion.alphas_cumprod, loss_weighting, mean_type=self.diffusion.mean_type,
+                              min_snr_gamma=min_snr_gamma, p2_gamma=p2_gamma, p2_k=p2_k)
+        # per original timestep; not persistent: it follows from the hyper-parameters
+        self.register_buffer("mse_weight_table", torch.as_tensor(weights, dtype=torch.float32), persistent=False)
         self.timestep_sampler = create_timestep_sampler(timestep_sampler, self.diffusion.num_timesteps)
         self.label_dropout = label_dropout
         self.sampler, self.sampling_steps = sampler, sampling_steps
@@ -142,7 +165,9 @@ class DiffusionModule(TrainingModule):
         x, y = batch
         t, weights = self.timestep_sampler.sample(x.shape[0], x.device, generator=self.generator(torch.device("cpu")))
         noise = torch.randn(x.shape, generator=self.generator(x.device), device=x.device, dtype=x.dtype)
-        terms = self.diffusion.training_losses(self.model, x, t, y=self.model_labels(y, drop=True), noise=noise)
+        mse_weight = None if self.loss_weighting == "none" else self.mse_weight_table[t]
+        terms = self.diffusion.training_losses(self.model, x, t, y=self.model_labels(y, drop=True), noise=noise,
+                                               mse_weight=mse_weight)
         loss = (terms["loss"] * weights).mean()
 
         t_all, *values_all = self.gather_examples(t, *(terms[name] for name in self.loss_terms))
@@ -170,8 +195,8 @@ class DiffusionModule(TrainingModule):
     @torch.no_grad()
     def sample(self, num_samples: int, labels: Optional[torch.Tensor] = None, *, sampler: Optional[str] = None,
                steps: Optional[str] = None, generator: Optional[torch.Generator] = None, guidance=None,
-               progress: bool = False) -> torch.Tensor:
-        """Draw ``num_samples`` images in [-1, 1] from the EMA network with :func:`guided_diffusion.sampling.sample`.
+               progress: bool = False, weights: Literal["ema", "raw"] = "ema") -> torch.Tensor:
+        """Draw ``num_samples`` images in [-1, 1] with :func:`guided_diffusion.sampling.sample`.
 
         Args:
             num_samples: batch size.
@@ -181,10 +206,14 @@ class DiffusionModule(TrainingModule):
             generator: for reproducible noise.
             guidance: a guidance object (classifier or classifier-free guidance).
             progress: show a progress bar.
+            weights: ``"ema"`` (the averaged network, :meth:`describe_weights`) or ``"raw"`` (the
+                training weights).
         """
         from ..sampling import sample
 
-        config, model = self.config, self.ema.module
+        if weights not in ("ema", "raw"):
+            raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+        config, model = self.config, self.ema.module if weights == "ema" else self.model
         if config.num_classes is not None and labels is None:
             raise ValueError(f"this model is class-conditional ({config.num_classes} classes): pass labels")
         was_training = model.training

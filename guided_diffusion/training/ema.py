@@ -14,33 +14,69 @@ is a buffer, so the warm-up continues across a resume.
 """
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Literal, Optional
 
 import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
 
+EmaSchedule = Literal["rate", "power"]
+
+
+def ema_decay(n: int, schedule: EmaSchedule = "rate", *, rate: float = 0.9999, warmup: bool = True,
+              power_gamma: float = 6.94) -> float:
+    """The decay beta_n of the n-th EMA update (n = 0, 1, ...): ema <- beta_n * ema + (1 - beta_n) * theta.
+
+    - ``"rate"`` (ADM): beta_n = rate, or with ``warmup`` beta_n = min(rate, (1 + n) / (10 + n)).
+      A fixed rate averages over ~1 / (1 - rate) updates whatever the run's length: 10k updates at
+      ADM's 0.9999, longer than a short run.
+    - ``"power"`` (Karras et al. 2024, EDM2, eq. 2): beta_n = (1 - 1 / (n + 1))^(gamma + 1). The
+      average after N updates weighs the weights of update k in proportion to k^gamma, so it spans
+      a fixed *fraction* of any run: its relative width is
+      sigma_rel = sqrt((gamma + 1) / ((gamma + 2)^2 (gamma + 3))) (gamma 6.94 -> sigma_rel 0.10,
+      gamma 16.97 -> 0.05). beta_0 = 0: the first update copies the weights.
+    """
+    if schedule == "rate":
+        return min(rate, (1 + n) / (10 + n)) if warmup else rate
+    if schedule == "power":
+        return (1.0 - 1.0 / (n + 1)) ** (power_gamma + 1.0)
+    raise ValueError(f"unknown EMA schedule {schedule!r}; choose 'rate' or 'power'")
+
+
+def power_ema_sigma_rel(gamma: float) -> float:
+    """EDM2's relative standard deviation of the power-function EMA profile of exponent ``gamma``."""
+    return math.sqrt((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)))
+
+
 class EMA(ModelEmaV3):
-    """EMA of ``model`` with warm-up: the n-th update (n = 0, 1, ...) uses the decay
+    """EMA of ``model`` with the decay of :func:`ema_decay` at the n-th update.
 
-        decay_n = min(rate, (1 + n) / (10 + n))
-
+    The default (``schedule="rate"`` with ``warmup``) is decay_n = min(rate, (1 + n) / (10 + n)),
     so early EMA weights follow the model instead of averaging in the random initialisation
-    (improved-diffusion #59: early EMA checkpoints sample noise). The copy never requires grad
-    (DDP would report its parameters as unused). ``ema.module`` is the averaged network.
+    (improved-diffusion #59: early EMA checkpoints sample noise); ``schedule="power"`` is EDM2's
+    power-function EMA, which suits any run length. The copy never requires grad (DDP would report
+    its parameters as unused). ``ema.module`` is the averaged network.
 
     Args:
         model: the network to average (deep-copied).
-        rate: the EMA rate (ADM: 0.9999).
-        warmup: use the warm-up schedule above (otherwise ``rate`` from the first update).
+        rate: the EMA rate of the ``"rate"`` schedule (ADM: 0.9999).
+        warmup: the warm-up of the ``"rate"`` schedule (otherwise ``rate`` from the first update).
+        schedule: ``"rate"`` (ADM) or ``"power"`` (EDM2).
+        power_gamma: the exponent gamma of the ``"power"`` schedule (6.94: sigma_rel = 0.10).
     """
 
-    def __init__(self, model: nn.Module, rate: float = 0.9999, warmup: bool = True):
+    def __init__(self, model: nn.Module, rate: float = 0.9999, warmup: bool = True, schedule: EmaSchedule = "rate",
+                 power_gamma: float = 6.94):
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"EMA rate must lie in [0, 1), got {rate}")
+        if schedule not in ("rate", "power"):
+            raise ValueError(f"unknown EMA schedule {schedule!r}; choose 'rate' or 'power'")
+        if power_gamma <= 0:
+            raise ValueError(f"the power EMA's gamma must be > 0, got {power_gamma}")
         super().__init__(model, decay=rate)
-        self.warmup = warmup
+        self.warmup, self.schedule, self.power_gamma = warmup, schedule, power_gamma
         self.requires_grad_(False)
         # Follow the owner's train/eval mode like any submodule (Lightning's evaluation loops switch
         # it to eval); ``DiffusionModule.sample`` puts it in eval mode explicitly.
@@ -49,8 +85,18 @@ class EMA(ModelEmaV3):
 
     def get_decay(self, step: Optional[int] = None) -> float:
         """The decay of the next update (``step`` is ignored: the count is :attr:`num_updates`)."""
+        return ema_decay(int(self.num_updates), self.schedule, rate=self.decay, warmup=self.warmup,
+                         power_gamma=self.power_gamma)
+
+    def describe(self) -> str:
+        """What these weights are, for captions and logs (e.g. ``EMA power gamma=6.94 after 1200 updates``)."""
         n = int(self.num_updates)
-        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+        if self.schedule == "power":
+            sigma_rel = power_ema_sigma_rel(self.power_gamma)
+            kind = f"power-function EMA (gamma {self.power_gamma:g}, sigma_rel {sigma_rel:.3f})"
+        else:
+            kind = f"EMA rate {self.decay:g}" + (" with warm-up" if self.warmup else "")
+        return f"{kind} after {n} updates"
 
     def __getstate__(self) -> dict:
         # timm's stochastic-rounding generator (only used for bf16 EMA tensors) does not survive

@@ -282,8 +282,9 @@ class NCSNModule(TrainingModule):
     @torch.no_grad()
     def sample(self, num_samples: int, labels: Optional[torch.Tensor] = None, *,
                sampler: Optional[NCSNSampler] = None, steps: Optional[int | str] = None,
-               generator: Optional[torch.Generator] = None, progress: bool = False, **options) -> torch.Tensor:
-        """Samples (B, C, H, W) from the EMA score network.
+               generator: Optional[torch.Generator] = None, progress: bool = False,
+               weights: Literal["ema", "raw"] = "ema", **options) -> torch.Tensor:
+        """Samples (B, C, H, W) from the EMA (or raw) score network.
 
         Args:
             num_samples: batch size.
@@ -295,6 +296,7 @@ class NCSNModule(TrainingModule):
                 An integer or its string (``SampleGridCallback`` passes strings).
             generator: for reproducible noise.
             progress: show a progress bar.
+            weights: ``"ema"`` (the averaged network) or ``"raw"`` (the training weights).
             options: passed to the sampler (e.g. ``step_size``, ``denoise``, ``snr``).
         """
         from ..sde import annealed_langevin_sample, ode_sample, pc_sample
@@ -308,7 +310,9 @@ class NCSNModule(TrainingModule):
                 steps = int(steps)
             except ValueError:
                 raise ValueError(f"NCSN sampling steps must be an integer, got {steps!r}") from None
-        network = self.score_network(ema=True)
+        if weights not in ("ema", "raw"):
+            raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+        network = self.score_network(ema=weights == "ema")
         was_training = network.training
         network.eval()
         shape = (num_samples, self.config.in_channels, self.config.image_size, self.config.image_size)

@@ -13,12 +13,14 @@ interrupted training resumes from its last checkpoint. Runs are logged to W&B (o
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, Optional, Sequence
 
+import numpy as np
 import torch
 
 from .atomic import atomic_savez, atomic_write_json
@@ -26,30 +28,85 @@ from .atomic import atomic_savez, atomic_write_json
 WandbMode = Literal["offline", "online", "disabled"]
 Precision = Literal["auto", "32-true", "bf16-mixed"]
 
+#: The demo's recipes: the ``gd fit`` configs it trains from (one source of truth for the recipe).
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "mnist"
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoPreset:
+    """How long ``gd demo`` trains and how much it samples (the recipe itself is in ``configs/mnist``).
+
+    Args:
+        diffusion_steps: training steps of the diffusion model.
+        classifier_steps: training steps of the noise-aware classifier.
+        num_samples: samples per guidance scale (balanced classes); FID needs hundreds.
+        scales: classifier-guidance scales to sample and score.
+        default_scale: the scale whose grid is shown and whose accuracy CI checks.
+        sampler: sampler of ``gd sample``.
+        steps: its steps / respacing.
+    """
+
+    diffusion_steps: int
+    classifier_steps: int
+    num_samples: int = 500
+    scales: tuple[float, ...] = (0.0, 2.0, 4.0)
+    default_scale: float = 2.0
+    sampler: str = "ddim"
+    steps: str = "ddim20"
+
+
+DEMO_PRESETS: dict[str, DemoPreset] = {
+    "default": DemoPreset(diffusion_steps=500, classifier_steps=500),
+    "long": DemoPreset(diffusion_steps=3000, classifier_steps=2000, num_samples=1000, steps="ddim50"),
+}
+
 
 def default_precision() -> str:
-    """bf16 autocast where the CPU has native bf16 (AVX512-BF16 / AMX): ~1.5-2x faster training."""
+    """bf16 autocast where the CPU has native bf16 (AVX512-BF16 / AMX): ~1.5-2x faster training.
+
+    Without it (e.g. AVX2-only CPUs) bf16 convolutions are emulated and ~15-40x *slower* (measured
+    with torch 2.14 on an AVX2 EPYC), so the answer is then fp32.
+    """
     supported = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     return "bf16-mixed" if supported() else "32-true"
 
 
-def train_mnist(module, output: Path, name: str, max_steps: int, *, batch_size: int = 32, precision: str = "auto",
-                wandb: WandbMode = "offline", seed: int = 0) -> tuple[Path, bool]:
-    """Fit ``module`` on MNIST-5k for ``max_steps`` (resuming from ``<name>/last.ckpt``).
+def frame_mean(images: np.ndarray, width: int = 2) -> float:
+    """Mean of the ``width``-pixel frame of uint8 NHWC images (0..255; MNIST's padded frame is always 0)."""
+    mask = np.ones(images.shape[1:3], dtype=bool)
+    mask[width:-width, width:-width] = False
+    return float(images[:, mask].mean())
+
+
+def train_from_config(config: str | Path, output: Path, name: str, max_steps: int, *, overrides: Sequence[str] = (),
+                      precision: str = "auto", wandb: WandbMode = "offline", seed: int = 0) -> tuple[Path, bool]:
+    """Fit the model and data of the ``gd fit`` config ``config`` for ``max_steps`` steps into ``output/name``.
+
+    The recipe (model, data, precision, clipping) is the config's, parsed by the CLI's own parser;
+    ``overrides`` are ``gd fit`` arguments on top (``--data.batch_size=64``). If the config anneals
+    its learning rate over its whole run (``lr_anneal_steps == trainer.max_steps``), the anneal
+    follows ``max_steps``. The demo owns where the run writes: checkpoints every 100 steps and at
+    the end (``<name>/last.ckpt``, resumed from when present), W&B (offline by default).
 
     Returns ``<name>.ckpt`` and whether it was trained now (``False``: an existing one is reused).
     """
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from .data.datamodule import ImageDataModule
+    from .training.cli import load_recipe
 
-    precision = default_precision() if precision == "auto" else precision
     output = Path(output)
     final = output / f"{name}.ckpt"
     if final.exists():
         print(f"[demo] {name}: reusing {final} (delete it, or pass --retrain true, to train again)")
         return final, False
+    _, _, settings = load_recipe(config, overrides)
+    overrides = [*overrides, f"--trainer.max_steps={max_steps}"]
+    module, data, settings_now = load_recipe(config, overrides)
+    if getattr(module, "lr_anneal_steps", 0) and module.lr_anneal_steps == settings.get("max_steps"):
+        module, data, settings_now = load_recipe(config, [*overrides, f"--model.init_args.lr_anneal_steps={max_steps}"])
+    configured = settings_now.pop("precision", "32-true")
+    precision = configured if precision == "config" else default_precision() if precision == "auto" else precision
     directory = output / name
     last = directory / "last.ckpt"
     logger = False
@@ -59,14 +116,13 @@ def train_mnist(module, output: Path, name: str, max_steps: int, *, batch_size: 
         logger = WandbLogger(project="guided-diffusion-demo", name=f"mnist-{name}", save_dir=str(output),
                              offline=wandb == "offline")
     L.seed_everything(seed, verbose=False)
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, max_steps=max_steps, logger=logger,
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, logger=logger,
                         callbacks=[ModelCheckpoint(dirpath=directory, every_n_train_steps=100, save_last=True)],
                         limit_val_batches=0, num_sanity_val_steps=0, log_every_n_steps=20,
-                        enable_model_summary=False, default_root_dir=directory)
-    data = ImageDataModule(dataset="mnist", image_size=32, batch_size=batch_size,
-                           random_crop=name == "classifier")
+                        enable_model_summary=False, default_root_dir=directory, **settings_now)
     started = time.perf_counter()
-    print(f"[demo] {name}: training {max_steps} steps ({precision})" + (" — resuming" if last.exists() else ""))
+    print(f"[demo] {name}: training {max_steps} steps from {config} ({precision})"
+          + (" — resuming" if last.exists() else ""))
     trainer.fit(module, data, ckpt_path=str(last) if last.exists() else None)
     print(f"[demo] {name}: {trainer.global_step} steps in {time.perf_counter() - started:.0f} s")
     tmp = final.with_suffix(".ckpt.tmp")
@@ -89,47 +145,80 @@ def write_reference(path: Path) -> Path:
 
 
 def train_demo_models(output: str | Path, diffusion_steps: int, classifier_steps: int, *,
-                      classifier_batch_size: int = 64, **options) -> tuple[Path, Path, bool]:
+                      diffusion_config: str | Path = CONFIGS / "diffusion.yaml",
+                      classifier_config: str | Path = CONFIGS / "classifier.yaml",
+                      batch_size: Optional[int] = None, classifier_batch_size: Optional[int] = None,
+                      **options) -> tuple[Path, Path, bool]:
     """The demo's diffusion model and classifier: ``(diffusion.ckpt, classifier.ckpt, trained_now)``.
 
-    ``options`` are those of :func:`train_mnist` (``batch_size``, ``precision``, ``wandb``, ``seed``).
+    ``options`` are those of :func:`train_from_config` (``precision``, ``wandb``, ``seed``).
     """
-    from classifiers.module import NoisyClassifierModule
+    def overrides(size: Optional[int]) -> list[str]:
+        return [f"--data.batch_size={size}"] if size else []
 
-    from .training import DiffusionModule
-
-    # lr 1e-3 with warm-up and a short EMA: the recipe of ADM at a scale that learns in minutes
-    model = DiffusionModule(network="mnist32_adm", lr=1e-3, ema_rate=0.999, lr_warmup_steps=100)
-    diffusion_ckpt, new_model = train_mnist(model, output, "diffusion", diffusion_steps, **options)
-    classifier = NoisyClassifierModule(network="mnist32_classifier", lr_anneal_steps=classifier_steps)
-    options_classifier = {**options, "batch_size": classifier_batch_size}
-    classifier_ckpt, new_classifier = train_mnist(classifier, output, "classifier", classifier_steps,
-                                                  **options_classifier)
+    output = Path(output)
+    diffusion_ckpt, new_model = train_from_config(diffusion_config, output, "diffusion", diffusion_steps,
+                                                  overrides=overrides(batch_size), **options)
+    classifier_ckpt, new_classifier = train_from_config(classifier_config, output, "classifier", classifier_steps,
+                                                        overrides=overrides(classifier_batch_size), **options)
     return diffusion_ckpt, classifier_ckpt, new_model or new_classifier
 
 
-def demo(output: str = "outputs/demo", diffusion_steps: int = 800, classifier_steps: int = 1000,
-         scales: Sequence[float] = (0.0, 1.0, 4.0), sampler: str = "ddim", steps: str = "ddim25",
-         batch_size: int = 32, classifier_batch_size: int = 64, precision: Precision = "auto", seed: int = 0,
+def demo(output: str = "outputs/demo", preset: Literal["default", "long"] = "default",
+         diffusion_config: Optional[str] = None, classifier_config: Optional[str] = None,
+         diffusion_steps: Optional[int] = None, classifier_steps: Optional[int] = None,
+         scales: Optional[Sequence[float]] = None, default_scale: Optional[float] = None,
+         sampler: Optional[str] = None, steps: Optional[str] = None, num_samples: Optional[int] = None,
+         batch_size: Optional[int] = None, classifier_batch_size: Optional[int] = None,
+         precision: Literal["auto", "config", "32-true", "bf16-mixed"] = "auto", seed: int = 0,
          retrain: bool = False, wandb: WandbMode = "offline") -> dict:
-    """Train a tiny guided diffusion model on the embedded MNIST-5k, sample and score 10x10 grids.
+    """Train a small guided diffusion model on the embedded MNIST-5k, sample and score every guidance scale.
+
+    The recipes are the ``gd fit`` configs ``configs/mnist/diffusion.yaml`` and
+    ``configs/mnist/classifier.yaml``; ``preset`` says how long to train and how much to sample
+    (``default``: the ~10-minute main job; ``long``: ~45 minutes). Every other argument, when
+    given, overrides the preset.
 
     Args:
         output: directory of checkpoints, samples, grids and ``results.json``.
-        diffusion_steps: training steps of the diffusion model (quality grows with it).
+        preset: ``default`` or ``long`` (see :data:`DEMO_PRESETS`).
+        diffusion_config: ``gd fit`` config of the diffusion model (default: the MNIST one).
+        classifier_config: ``gd fit`` config of the noise-aware classifier (default: the MNIST one).
+        diffusion_steps: training steps of the diffusion model.
         classifier_steps: training steps of the noise-aware classifier.
-        scales: classifier-guidance scales to sample and score (one 10x10 grid each).
+        scales: classifier-guidance scales to sample and score.
+        default_scale: the scale whose 10x10 grid is shown (``grid.png``) and reported first.
         sampler: ``ddim``, ``ddpm`` or ``dpm-solver``.
         steps: sampling steps / respacing (e.g. ``ddim50``, ``250``, ``20``).
-        batch_size: training batch size of the diffusion model (sampling batches are 50).
-        classifier_batch_size: training batch size of the classifier (it is cheap: a larger batch
-            makes its gradients, and so the guidance, better for the same time).
-        precision: ``auto`` = bf16 autocast when the CPU has native bf16, else fp32.
+        num_samples: samples per scale, classes balanced (FID on fewer than a few hundred is noise).
+        batch_size: training batch size of the diffusion model (default: the config's).
+        classifier_batch_size: training batch size of the classifier (default: the config's).
+        precision: ``auto`` = bf16 autocast when the CPU has native bf16, else fp32; ``config`` =
+            the configs' ``trainer.precision``.
         seed: seed of training and sampling.
         retrain: train again even if checkpoints exist.
         wandb: W&B logging of the training runs (``offline`` writes under ``output/wandb``).
     """
     from .sweep import sweep
+
+    if preset not in DEMO_PRESETS:
+        raise ValueError(f"unknown demo preset {preset!r}; choose from {sorted(DEMO_PRESETS)}")
+    chosen = DEMO_PRESETS[preset]
+    diffusion_steps = diffusion_steps or chosen.diffusion_steps
+    classifier_steps = classifier_steps or chosen.classifier_steps
+    scales = list(chosen.scales if scales is None else scales)
+    default_scale = chosen.default_scale if default_scale is None else default_scale
+    if default_scale not in scales:
+        scales.append(default_scale)
+    sampler, steps = sampler or chosen.sampler, steps or chosen.steps
+    num_samples = num_samples or chosen.num_samples
+    configs = {"diffusion": Path(diffusion_config or CONFIGS / "diffusion.yaml"),
+               "classifier": Path(classifier_config or CONFIGS / "classifier.yaml")}
+    for name, path in configs.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"the {name} config {str(path)!r} does not exist")
+    if diffusion_steps < 1 or classifier_steps < 1 or num_samples < 10:
+        raise ValueError("diffusion_steps and classifier_steps must be >= 1 and num_samples >= 10")
 
     started = time.perf_counter()
     out = Path(output)
@@ -140,29 +229,37 @@ def demo(output: str = "outputs/demo", diffusion_steps: int = 800, classifier_st
             (out / f"{name}.ckpt").unlink(missing_ok=True)
             shutil.rmtree(out / name, ignore_errors=True)
     diffusion_ckpt, classifier_ckpt, trained = train_demo_models(
-        out, diffusion_steps, classifier_steps, batch_size=batch_size, classifier_batch_size=classifier_batch_size,
+        out, diffusion_steps, classifier_steps, diffusion_config=configs["diffusion"],
+        classifier_config=configs["classifier"], batch_size=batch_size, classifier_batch_size=classifier_batch_size,
         precision=precision, wandb=wandb, seed=seed)
     if trained:
         shutil.rmtree(out / "sweep", ignore_errors=True)  # samples of the previous networks
+    trained_seconds = time.perf_counter() - started
     reference = write_reference(out / "mnist_reference.npz")
     swept = sweep(str(diffusion_ckpt), str(reference), str(out / "sweep"), scales=scales, samplers=[sampler],
-                  steps=[steps], classifier=str(classifier_ckpt), classes="all", num_samples=100, batch_size=50,
-                  seed=seed, precision=precision, accelerator="cpu", features="mnist", progress=False)
+                  steps=[steps], classifier=str(classifier_ckpt), classes="all", num_samples=num_samples,
+                  batch_size=50, seed=seed, precision="32-true" if precision == "config" else precision,
+                  accelerator="cpu", features="mnist", progress=False)
     rows = swept["rows"]
-    shown = max(rows, key=lambda row: (row["accuracy"], -row["scale"]))
+    for row in rows:
+        row["border"] = frame_mean(np.load(row["samples"])["arr_0"])
+    shown = next(row for row in rows if row["scale"] == default_scale)
     grid = Path(shown["samples"]).parent / "grid.png"
     shutil.copyfile(grid, out / "grid.png")
-    summary = {"diffusion_checkpoint": str(diffusion_ckpt), "classifier_checkpoint": str(classifier_ckpt),
-               "sampler": sampler, "steps": steps, "precision": precision, "rows": rows,
-               "grid": str(out / "grid.png"), "grid_scale": shown["scale"],
-               "seconds": round(time.perf_counter() - started, 1)}
+    summary = {"preset": preset, "diffusion_checkpoint": str(diffusion_ckpt),
+               "classifier_checkpoint": str(classifier_ckpt), "diffusion_steps": diffusion_steps,
+               "classifier_steps": classifier_steps, "sampler": sampler, "steps": steps, "precision": precision,
+               "num_samples": num_samples, "default_scale": default_scale, "rows": rows,
+               "grid": str(out / "grid.png"), "grid_scale": default_scale,
+               "training_seconds": round(trained_seconds, 1), "seconds": round(time.perf_counter() - started, 1)}
     atomic_write_json(out / "results.json", summary)
-    print(f"\n[demo] {sampler} {steps}, 100 samples per scale (column c of each grid = digit c), scored by an "
+    print(f"\n[demo] {sampler} {steps}, {num_samples} samples per scale (classes balanced), scored by an "
           "independent MNIST CNN (digit-recognizer-py) against held-out real digits")
-    print(f"{'scale':>7} {'accuracy':>9} {'FID':>8} {'IS':>6} {'prec.':>6} {'recall':>6}  grid")
+    print(f"{'scale':>7} {'accuracy':>9} {'FID':>8} {'IS':>6} {'prec.':>6} {'recall':>6} {'border':>7}  grid")
     for row in rows:
-        print(f"{row['scale']:>7g} {row['accuracy']:>9.2f} {row['fid']:>8.2f} {row['inception_score']:>6.2f} "
-              f"{row['precision']:>6.2f} {row['recall']:>6.2f}  {Path(row['samples']).parent / 'grid.png'}")
-    print(f"[demo] grid of scale {shown['scale']:g}: {out / 'grid.png'}; sweep plot: {out / 'sweep' / 'sweep.png'}; "
+        print(f"{row['scale']:>7g} {row['accuracy']:>9.3f} {row['fid']:>8.2f} {row['inception_score']:>6.2f} "
+              f"{row['precision']:>6.2f} {row['recall']:>6.2f} {row['border']:>7.2f}  "
+              f"{Path(row['samples']).parent / 'grid.png'}")
+    print(f"[demo] grid of scale {default_scale:g}: {out / 'grid.png'}; sweep plot: {out / 'sweep' / 'sweep.png'}; "
           f"{summary['seconds']:.0f} s in all")
     return summary

@@ -1,25 +1,71 @@
-"""``gd demo`` end to end with a few steps: trains, samples a 10x10 grid per scale, scores, resumes."""
+"""``gd demo`` end to end with a few steps: trains from the ``gd fit`` configs, samples every scale,
+scores, reports the background, resumes."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+import yaml
 from PIL import Image
 
-from guided_diffusion.demo import demo
+from guided_diffusion.demo import CONFIGS, DEMO_PRESETS, demo, frame_mean
+
+QUICK = dict(diffusion_steps=2, classifier_steps=2, scales=[0.0, 2.0], default_scale=2.0, steps="ddim2",
+             num_samples=20, batch_size=8, classifier_batch_size=8, wandb="disabled", precision="32-true")
+
+
+def test_frame_mean_reads_only_the_border():
+    images = np.zeros((3, 32, 32, 1), dtype=np.uint8)
+    images[:, 2:-2, 2:-2] = 255                                   # a bright centre: border still 0
+    assert frame_mean(images) == 0.0
+    images[:, 0, :] = 120                                         # one full edge row of 32 of 240 frame pixels
+    assert frame_mean(images) == pytest.approx(120 * 32 / (32 * 32 - 28 * 28))
 
 
 def test_demo_trains_samples_scores_and_reuses_its_work(tmp_path, capsys):
-    options = dict(output=str(tmp_path), diffusion_steps=2, classifier_steps=2, scales=[0.0, 2.0], steps="ddim2",
-                   batch_size=8, classifier_batch_size=8, wandb="disabled")
+    options = dict(output=str(tmp_path), **QUICK)
     summary = demo(**options)
-    assert [row["scale"] for row in summary["rows"]] == [0.0, 2.0]
+    assert [row["scale"] for row in summary["rows"]] == [0.0, 2.0] and summary["default_scale"] == 2.0
     for row in summary["rows"]:
-        assert 0.0 <= row["accuracy"] <= 1.0 and row["fid"] > 0
-    assert Image.open(tmp_path / "grid.png").size == (10 * 34 + 2, 10 * 34 + 2)  # 10x10 digits, 32 px + padding
-    assert json.loads((tmp_path / "results.json").read_text())["grid_scale"] in (0.0, 2.0)
+        samples = np.load(row["samples"])
+        assert len(samples["arr_1"]) == 20 and np.bincount(samples["arr_1"]).tolist() == [2] * 10
+        assert row["border"] == pytest.approx(frame_mean(samples["arr_0"]))
+    assert Image.open(tmp_path / "grid.png").size[0] == 10 * 34 + 2      # 10 digits a row, 32 px + padding
+    assert json.loads((tmp_path / "results.json").read_text())["grid_scale"] == 2.0
     assert (tmp_path / "sweep" / "sweep.csv").exists() and (tmp_path / "sweep" / "sweep.png").exists()
-    assert "accuracy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "border" in out and "configs/mnist/diffusion.yaml" in out
 
     again = demo(**options)  # nothing to redo: same checkpoints and samples
     assert "reusing" in capsys.readouterr().out
     assert [row["fid"] for row in again["rows"]] == [row["fid"] for row in summary["rows"]]
+
+
+def test_demo_trains_the_recipe_of_its_config(tmp_path):
+    """The demo's recipe is the ``gd fit`` config's: a changed config changes what the demo trains, and
+    an anneal over the config's whole run follows the demo's number of steps."""
+    config = yaml.safe_load((CONFIGS / "classifier.yaml").read_text())
+    config["model"]["init_args"]["lr"] = 1.234e-3
+    config["trainer"]["max_steps"] = config["model"]["init_args"]["lr_anneal_steps"] = 77
+    path = tmp_path / "classifier.yaml"
+    path.write_text(yaml.safe_dump(config))
+    summary = demo(output=str(tmp_path / "demo"), classifier_config=str(path), **QUICK)
+    checkpoint = torch.load(summary["classifier_checkpoint"], map_location="cpu", weights_only=True)
+    assert checkpoint["hyper_parameters"]["lr"] == 1.234e-3
+    assert checkpoint["hyper_parameters"]["lr_anneal_steps"] == 2 and checkpoint["global_step"] == 2
+    diffusion = torch.load(summary["diffusion_checkpoint"], map_location="cpu", weights_only=True)
+    recipe = yaml.safe_load((CONFIGS / "diffusion.yaml").read_text())["model"]["init_args"]
+    for key in ("lr", "ema_schedule", "loss_weighting", "timestep_sampler"):
+        assert diffusion["hyper_parameters"][key] == recipe[key]
+
+
+def test_demo_rejects_bad_input_before_training(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        demo(output=str(tmp_path), diffusion_config=str(tmp_path / "missing.yaml"), **QUICK)
+    with pytest.raises(ValueError, match="preset"):
+        demo(output=str(tmp_path), preset="huge", **QUICK)
+    assert not any(Path(tmp_path).iterdir())
+    assert set(DEMO_PRESETS) == {"default", "long"}

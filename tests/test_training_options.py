@@ -41,6 +41,16 @@ def test_min_snr_and_p2_weights_match_closed_forms_at_chosen_timesteps():
     assert eps[2:] == pytest.approx(np.ones(4))                         # below the cap: L_simple
     x0 = mse_weights(diffusion.alphas_cumprod, "min-snr", mean_type="x0", min_snr_gamma=5.0)[t]
     assert x0 == pytest.approx(np.minimum(snr, 5.0), rel=1e-9)
+    floored = mse_weights(diffusion.alphas_cumprod, "min-snr", mean_type="x0", min_snr_gamma=5.0, min_snr_floor=1.0)[t]
+    assert floored == pytest.approx(np.clip(snr, 1.0, 5.0), rel=1e-9)
+    assert floored[[0, 2, 5]] == pytest.approx([5.0, snr[2], 1.0], rel=1e-9)      # capped, passed, floored
+    floored_eps = mse_weights(diffusion.alphas_cumprod, "min-snr", min_snr_gamma=5.0, min_snr_floor=1.0)[t]
+    assert floored_eps == pytest.approx(np.clip(snr, 1.0, 5.0) / snr, rel=1e-9)
+    truncated = mse_weights(diffusion.alphas_cumprod, "truncated-snr", mean_type="x0")[t]
+    assert truncated == pytest.approx(np.maximum(snr, 1.0), rel=1e-9)
+    assert snr[2] > 1 > snr[4] and truncated[4] == 1.0 and truncated[2] == pytest.approx(snr[2])
+    truncated_eps = mse_weights(diffusion.alphas_cumprod, "truncated-snr")[t]
+    assert truncated_eps == pytest.approx(np.maximum(snr, 1.0) / snr, rel=1e-9)
     p2 = mse_weights(diffusion.alphas_cumprod, "p2", p2_gamma=1.0, p2_k=1.0)[t]
     assert p2 == pytest.approx(1.0 / (1.0 + snr), rel=1e-9)
     p2_half = mse_weights(diffusion.alphas_cumprod, "p2", p2_gamma=0.5, p2_k=2.0)[t]
@@ -57,6 +67,8 @@ def test_weighting_errors():
         mse_weights(abar, "p2", mean_type="x0")
     with pytest.raises(ValueError, match="min_snr_gamma"):
         mse_weights(abar, "min-snr", min_snr_gamma=0)
+    with pytest.raises(ValueError, match="min_snr_floor"):
+        mse_weights(abar, "min-snr", min_snr_floor=6.0)
 
 
 def test_mse_weight_scales_only_the_mse_term_of_the_hybrid_loss():

@@ -90,6 +90,8 @@ class DiffusionModule(TrainingModule):
             ``"none"`` (ADM), ``"min-snr"`` (Hang et al. 2023: min(SNR_t, gamma) / SNR_t for eps) or
             ``"p2"`` (Choi et al. 2022: 1 / (k + SNR_t)^gamma); see :mod:`guided_diffusion.diffusion.weighting`.
         min_snr_gamma: the SNR cap gamma of ``"min-snr"`` (paper: 5).
+        min_snr_floor: the floor f of ``"min-snr"``'s x0-space weight, max(min(SNR_t, gamma), f)
+            (0: the paper's; 1 keeps the x0 loss at high noise).
         p2_gamma: the exponent gamma of ``"p2"`` (paper: 0.5 or 1).
         p2_k: the offset k of ``"p2"`` (paper: 1).
         timestep_sampler: ``"uniform"`` t, or ``"loss-second-moment"`` importance sampling
@@ -108,8 +110,8 @@ class DiffusionModule(TrainingModule):
                  label_dropout: float = 0.0, max_consecutive_nonfinite: int = 10,
                  sampler: Literal["ddim", "ddpm", "dpm-solver"] = "ddim", sampling_steps: str = "ddim25",
                  lr_schedule: LrSchedule = "linear", ema_schedule: EmaSchedule = "rate", ema_power_gamma: float = 6.94,
-                 loss_weighting: MseWeighting = "none", min_snr_gamma: float = 5.0, p2_gamma: float = 1.0,
-                 p2_k: float = 1.0):
+                 loss_weighting: MseWeighting = "none", min_snr_gamma: float = 5.0, min_snr_floor: float = 0.0,
+                 p2_gamma: float = 1.0, p2_k: float = 1.0):
         super().__init__(lr, weight_decay, lr_warmup_steps, lr_anneal_steps, max_consecutive_nonfinite, lr_schedule)
         config, diffusion_config = resolve_diffusion_network(network, diffusion, label_dropout)
         # Plain values only (dataclasses as dicts): checkpoints then load with weights_only=True.
@@ -121,7 +123,8 @@ class DiffusionModule(TrainingModule):
             ema_rate=ema_rate, ema_warmup=ema_warmup, timestep_sampler=timestep_sampler,
             label_dropout=label_dropout, max_consecutive_nonfinite=max_consecutive_nonfinite,
             lr_schedule=lr_schedule, ema_schedule=ema_schedule, ema_power_gamma=ema_power_gamma,
-            loss_weighting=loss_weighting, min_snr_gamma=min_snr_gamma, p2_gamma=p2_gamma, p2_k=p2_k))
+            loss_weighting=loss_weighting, min_snr_gamma=min_snr_gamma, min_snr_floor=min_snr_floor,
+            p2_gamma=p2_gamma, p2_k=p2_k))
         # (sampler settings are left out: LightningCLI applies a checkpoint's hyper-parameters over
         # the command line, and how to sample is a choice made at sampling time)
         self.config, self.diffusion_config = config, diffusion_config
@@ -130,7 +133,7 @@ class DiffusionModule(TrainingModule):
         self.diffusion = diffusion_config.build()
         self.loss_weighting = loss_weighting
         weights = mse_weights(self.diffusion.alphas_cumprod, loss_weighting, mean_type=self.diffusion.mean_type,
-                              min_snr_gamma=min_snr_gamma, p2_gamma=p2_gamma, p2_k=p2_k)
+                              min_snr_gamma=min_snr_gamma, min_snr_floor=min_snr_floor, p2_gamma=p2_gamma, p2_k=p2_k)
         # per original timestep; not persistent: it follows from the hyper-parameters
         self.register_buffer("mse_weight_table", torch.as_tensor(weights, dtype=torch.float32), persistent=False)
         self.timestep_sampler = create_timestep_sampler(timestep_sampler, self.diffusion.num_timesteps)

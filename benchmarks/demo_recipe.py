@@ -87,7 +87,7 @@ def plot_curves(path: Path, names: list[str], output: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    figure, axes = plt.subplots(1, 3, figsize=(13, 4.4))
     for name in names:
         points = sorted((row for row in rows if row["name"] == name), key=lambda row: row["step"])
         minutes = [row["train_seconds"] / 60 for row in points]
@@ -99,8 +99,9 @@ def plot_curves(path: Path, names: list[str], output: Path) -> None:
         axis.set_title(title, fontsize=10)
         axis.grid(alpha=0.3)
     axes[0].set_yscale("log")
-    axes[0].legend(fontsize=8)
-    figure.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=2, fontsize=8)
+    figure.tight_layout(rect=(0, 0.16, 1, 1))
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=100)
     print(f"wrote {output}")

@@ -49,15 +49,16 @@ class DemoPreset:
     diffusion_steps: int
     classifier_steps: int
     num_samples: int = 500
-    scales: tuple[float, ...] = (0.0, 2.0, 4.0)
-    default_scale: float = 2.0
+    scales: tuple[float, ...] = (0.0, 3.0)
+    default_scale: float = 3.0
     sampler: str = "ddim"
-    steps: str = "ddim20"
+    steps: str = "ddim15"
 
 
 DEMO_PRESETS: dict[str, DemoPreset] = {
-    "default": DemoPreset(diffusion_steps=500, classifier_steps=500),
-    "long": DemoPreset(diffusion_steps=3000, classifier_steps=2000, num_samples=1000, steps="ddim50"),
+    "default": DemoPreset(diffusion_steps=450, classifier_steps=200),
+    "long": DemoPreset(diffusion_steps=2800, classifier_steps=1000, num_samples=1000, scales=(0.0, 1.0, 3.0),
+                       steps="ddim25"),
 }
 
 

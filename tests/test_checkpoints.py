@@ -56,8 +56,8 @@ def test_wrong_preset_error_lists_keys_and_names_fitting_preset(tmp_path, mnist_
         load_openai_checkpoint(path, preset="cifar32_adm")
     message = str(info.value)
     assert "does not fit preset 'cifar32_adm'" in message
-    assert "missing key(s): input_blocks.4.1.norm.weight" in message
-    assert "unexpected key(s): output_blocks.0.1.norm.weight" in message
+    assert "missing key(s): input_blocks.4.0.skip_connection.weight" in message
+    assert "unexpected key(s): input_blocks.3.0.skip_connection.weight" in message
     assert "mis-shaped key(s): time_embed.0.weight (file (128, 32) vs network (256, 64))" in message
     assert "more)" in message  # long lists are truncated with a count
     assert "It fits preset 'mnist32_adm'" in message

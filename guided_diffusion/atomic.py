@@ -20,6 +20,7 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets what open() would give
         with os.fdopen(descriptor, "wb") as file:
             write(file)
             file.flush()
@@ -29,6 +30,12 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> Path:
@@ -49,3 +56,29 @@ def atomic_write_json(path: PathLike, payload: Mapping[str, Any]) -> Path:
     """``payload`` as indented JSON to ``path`` atomically."""
     text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
     return atomic_write(path, lambda file: file.write(text.encode()))
+
+
+def writable_directory(path: PathLike, what: str = "output") -> Path:
+    """Check that ``path`` is, or can become, a directory that holds files; create nothing.
+
+    Called before any expensive work starts (models loading, sampling), so that a bad output fails
+    first. Raises ``ValueError`` naming the problem: ``path`` is a file, lies under a file, or
+    cannot be written (permission, read-only file system). Writing into the nearest existing
+    directory is probed with a temporary file (removed at once); as root, permissions always pass.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a file, not a directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{what} {str(path)!r} lies under {str(existing)!r}, which is a file")
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".write-test.", dir=existing)
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ValueError(f"{what} {str(path)!r} cannot be written ({reason.lower()})") from None
+    return path

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_torch_save
+from .torch_files import load_torch_file
 from .nets.presets import PRESETS, Preset, get_preset
 from .nets.registry import build_network, network_kind, network_spec
 
@@ -57,11 +57,7 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
 
 
 def _safe_load(path: PathLike, map_location) -> Any:
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"refusing to load {os.fspath(path)!r}: it contains objects other than tensors and "
-                         f"plain containers, which weights_only loading does not execute ({err})") from err
+    return load_torch_file(path, "checkpoint", map_location)
 
 
 def load_state_dict_file(path: PathLike, map_location="cpu") -> dict[str, torch.Tensor]:

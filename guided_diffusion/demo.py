@@ -24,7 +24,8 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import torch
 
-from .atomic import atomic_savez, atomic_write_json
+from .atomic import atomic_savez, atomic_write_json, writable_directory
+from .cli_types import GuidanceScale
 
 WandbMode = Literal["offline", "online", "disabled"]
 Precision = Literal["auto", "32-true", "bf16-mixed"]
@@ -94,9 +95,9 @@ def train_from_config(config: str | Path, output: Path, name: str, max_steps: in
     Returns ``<name>.ckpt`` and whether it was trained now (``False``: an existing one is reused).
     """
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from .training.cli import load_recipe
+    from .training.run_state import RunCheckpoint, SafeCheckpointIO, logged_run_ids
 
     output = Path(output)
     final = output / f"{name}.ckpt"
@@ -119,11 +120,13 @@ def train_from_config(config: str | Path, output: Path, name: str, max_steps: in
     if wandb != "disabled":
         from lightning.pytorch.loggers import WandbLogger
 
+        run_id = logged_run_ids(last).get("wandb") if last.exists() else None  # a resumed run continues its W&B run
         logger = WandbLogger(project="guided-diffusion-demo", name=f"mnist-{name}", save_dir=str(output),
-                             offline=wandb == "offline")
+                             offline=wandb == "offline", id=run_id, resume="allow" if run_id else None)
     L.seed_everything(seed, verbose=False)
     trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, logger=logger,
-                        callbacks=[ModelCheckpoint(dirpath=directory, every_n_train_steps=100, save_last=True)],
+                        callbacks=[RunCheckpoint(dirpath=directory, every_n_train_steps=100, save_last=True)],
+                        plugins=[SafeCheckpointIO()],
                         limit_val_batches=0, num_sanity_val_steps=0, log_every_n_steps=20,
                         enable_model_summary=False, default_root_dir=directory, **settings_now)
     started = time.perf_counter()
@@ -173,7 +176,7 @@ def train_demo_models(output: str | Path, diffusion_steps: int, classifier_steps
 def demo(output: str = "outputs/demo", preset: Literal["default", "long"] = "default",
          diffusion_config: Optional[str] = None, classifier_config: Optional[str] = None,
          diffusion_steps: Optional[int] = None, classifier_steps: Optional[int] = None,
-         scales: Optional[Sequence[float]] = None, default_scale: Optional[float] = None,
+         scales: Sequence[GuidanceScale] = (), default_scale: Optional[GuidanceScale] = None,
          sampler: Optional[str] = None, steps: Optional[str] = None, num_samples: Optional[int] = None,
          batch_size: Optional[int] = None, classifier_batch_size: Optional[int] = None,
          precision: Literal["auto", "config", "32-true", "bf16-mixed"] = "auto", seed: int = 0,
@@ -192,7 +195,7 @@ def demo(output: str = "outputs/demo", preset: Literal["default", "long"] = "def
         classifier_config: ``gd fit`` config of the noise-aware classifier (default: the MNIST one).
         diffusion_steps: training steps of the diffusion model.
         classifier_steps: training steps of the noise-aware classifier.
-        scales: classifier-guidance scales to sample and score.
+        scales: classifier-guidance scales to sample and score (empty: the preset's).
         default_scale: the scale whose 10x10 grid is shown (``grid.png``) and reported first.
         sampler: ``ddim``, ``ddpm`` or ``dpm-solver``.
         steps: sampling steps / respacing (e.g. ``ddim50``, ``250``, ``20``).
@@ -212,7 +215,7 @@ def demo(output: str = "outputs/demo", preset: Literal["default", "long"] = "def
     chosen = DEMO_PRESETS[preset]
     diffusion_steps = diffusion_steps or chosen.diffusion_steps
     classifier_steps = classifier_steps or chosen.classifier_steps
-    scales = list(chosen.scales if scales is None else scales)
+    scales = list(scales or chosen.scales)
     default_scale = chosen.default_scale if default_scale is None else default_scale
     if default_scale not in scales:
         scales.append(default_scale)
@@ -227,7 +230,7 @@ def demo(output: str = "outputs/demo", preset: Literal["default", "long"] = "def
         raise ValueError("diffusion_steps and classifier_steps must be >= 1 and num_samples >= 10")
 
     started = time.perf_counter()
-    out = Path(output)
+    out = writable_directory(output)
     out.mkdir(parents=True, exist_ok=True)
     precision = default_precision() if precision == "auto" else precision
     if retrain:

@@ -18,7 +18,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from .atomic import atomic_write, atomic_write_json
+from .atomic import atomic_write, atomic_write_json, writable_directory
+from .cli_types import GuidanceScale
 from .evaluation.features import FeatureName, ResizeMode, build_feature_extractor, extract_features
 from .evaluation.metrics import DEFAULT_NEAREST_K, compute_metrics, minimum_samples
 from .evaluation.npz import inspect_npz, iter_image_batches, read_labels, read_statistics
@@ -75,7 +76,7 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 def sweep(checkpoint: str, reference: str, output: str = "outputs/sweep", *,
-          scales: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0, 10.0), samplers: Sequence[str] = ("ddim",),
+          scales: Sequence[GuidanceScale] = (0.0, 0.5, 1.0, 2.0, 4.0, 10.0), samplers: Sequence[str] = ("ddim",),
           steps: Sequence[str] = ("ddim25",), preset: Optional[str] = None, classifier: Optional[str] = None,
           classifier_preset: Optional[str] = None, guidance: GuidanceKind = "auto", classes: str = "random",
           num_samples: int = 1000, batch_size: int = 50, seed: int = 0, precision: Precision = "32-true",
@@ -117,7 +118,7 @@ def sweep(checkpoint: str, reference: str, output: str = "outputs/sweep", *,
         raise ValueError(f"num_samples={num_samples} is too few for precision/recall with k={nearest_k} "
                          f"(need at least {minimum_samples(nearest_k=nearest_k)})")
     reference_info = inspect_npz(reference)  # a bad reference fails before any sampling
-    out = Path(output)
+    out = writable_directory(output)
     extractor = build_feature_extractor(features, inception_weights=inception_weights, resize=resize,
                                         device=torch.device(eval_device))
     stored = read_statistics(reference) if features == "inception" else {}

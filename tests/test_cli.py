@@ -33,7 +33,7 @@ class CaptureResumeState(Callback):
 def _override(tmp_path: Path, name: str, steps: int, extra_callbacks=(), **sections) -> str:
     """A second --config that makes a preset tiny: few steps, small batches, fast sample grids."""
     checkpoints = f"outputs/{name}/checkpoints"
-    callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+    callbacks = [{"class_path": "guided_diffusion.training.RunCheckpoint",
                   "init_args": {"dirpath": checkpoints, "every_n_train_steps": 2, "save_last": True}}]
     if name == "diffusion":
         callbacks.append({"class_path": "guided_diffusion.training.SampleGridCallback",
@@ -68,15 +68,6 @@ def _wandb_records(run_dir: Path):
             record = pb.Record()
             record.ParseFromString(buffer)
             yield record
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    return tmp_path
 
 
 def test_fit_diffusion_with_wandb_then_resume_export_predict(workdir):

@@ -19,7 +19,7 @@ EVALUATE = "guided_diffusion.evaluation.evaluate:evaluate"
 
 
 def test_evaluate_is_a_gd_command(capsys):
-    assert cli.COMMANDS["evaluate"] == EVALUATE
+    assert cli.COMMANDS["evaluate"][0] == EVALUATE
     cli.main(["--help"])
     assert "evaluate" in capsys.readouterr().out
 

@@ -157,6 +157,29 @@ def test_a_crashed_run_resumes_and_completes_exactly(checkpoints, tmp_path, monk
         sample(checkpoints["diffusion"], str(tmp_path / "run"), **{**options, "seed": 8})
 
 
+def test_a_bad_shard_is_set_aside_and_sampled_again(checkpoints, tmp_path, capsys):
+    """A shard cut short (a full disk, a copy) or holding other samples' labels is renamed *.bad and redone."""
+    options = dict(num_samples=12, classes="random", seed=3, **FAST)
+    run = tmp_path / "run"
+    reference = read(sample(checkpoints["diffusion"], str(run), **options).samples)
+    merged = next(run.glob("samples_*.npz"))
+    merged.unlink()
+    truncated = run / "shard-000001.npz"
+    original = truncated.read_bytes()
+    truncated.write_bytes(original[: len(original) // 2])
+    with np.load(run / "shard-000002.npz") as data:  # right count, wrong labels
+        np.savez(run / "shard-000002.npz", arr_0=data["arr_0"], arr_1=(data["arr_1"] + 1) % 4)
+    capsys.readouterr()
+    result = sample(checkpoints["diffusion"], str(run), **options)
+    out = capsys.readouterr().out
+    assert "shard-000001.npz is bad" in out and "does not read back" in out
+    assert "shard-000002.npz is bad (its labels are not the ones the plan gives" in out
+    assert (run / "shard-000001.npz.bad").read_bytes() == original[: len(original) // 2]  # kept, not deleted
+    assert (run / "shard-000002.npz.bad").exists()
+    resumed = read(result.samples)
+    assert np.array_equal(resumed["arr_0"], reference["arr_0"]) and np.array_equal(resumed["arr_1"], reference["arr_1"])
+
+
 def test_two_processes_give_the_images_of_one(checkpoints, tmp_path):
     """``gd sample --devices 2`` (DDP on CPU, as on a GPU cluster) equals the 1-process run."""
     args = [checkpoints["diffusion"], "--classifier", checkpoints["classifier"], "--scale", "2", "--num_samples", "7",

@@ -18,12 +18,6 @@ TINY = dict(image_size=32, in_channels=1, model_channels=32, channel_mult=[1, 2]
             attention_resolutions=[], num_head_channels=-1, learn_sigma=False)
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def _override(tmp_path: Path, steps: int) -> str:
     """Tiny network, few steps, no logger or sample grid (sampling is tested below). ``limit_val_batches``
     is 2, not 1: the CLI reads 1 as the float 1.0, i.e. *all* validation batches."""

@@ -36,8 +36,8 @@ before the first ``_`` (as guided-diffusion does: ``n01440764_10026.JPEG``), or 
 BadImagePolicy = Literal["skip", "raise"]
 
 
-class UnreadableImageError(RuntimeError):
-    """An image file could not be decoded (raised with ``on_bad_image="raise"``)."""
+class UnreadableImageError(ValueError, RuntimeError):
+    """An image file could not be decoded (raised with ``on_bad_image="raise"``): bad input, reported in one line."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..torch_files import load_torch_file
 from .inception import (
     INCEPTION_INPUT_SIZE,
     LOGITS_DIM,
@@ -283,7 +284,7 @@ class MnistFeatureExtractor(ModuleFeatureExtractor):
         from digit_recognizer.model import CNN
 
         cnn = CNN()
-        state = torch.load(weights or mnist_weights_path(), map_location="cpu", weights_only=True)
+        state = load_torch_file(weights or mnist_weights_path(), "MNIST CNN weights file")
         cnn.load_state_dict(state)
         super().__init__(
             MnistFeatureNetwork(cnn),

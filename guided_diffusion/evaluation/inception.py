@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..torch_files import load_torch_file
+
 INCEPTION_INPUT_SIZE = 299
 POOL_DIM = 2048
 SPATIAL_CHANNELS = 7  # the ADM evaluator keeps mixed_6/conv[..., :7]
@@ -331,11 +333,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         except Exception as error:
             raise ValueError(f"Could not read the TorchScript Inception file {path}: {error}") from error
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise ValueError(f"Could not read Inception weights {path} as a tensor state dict "
-                             f"(torch.load with weights_only=True): {error}") from error
+        obj = load_torch_file(path, "Inception weights file")
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

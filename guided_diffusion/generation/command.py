@@ -13,6 +13,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal, Optional
 
+from ..atomic import writable_directory
+from ..cli_types import GuidanceScale
+from ..torch_files import check_torch_file
 from ..sampling import SamplerName
 from .models import GuidanceKind, build_guidance, freeze, label_count, load_classifier, load_diffusion_model
 from .plan import SamplePlan, check_manifest, merge_shards, parse_classes, read_shard, save_grid
@@ -31,7 +34,7 @@ class SampleResult:
 
 def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional[str] = None,
            classifier: Optional[str] = None, classifier_preset: Optional[str] = None,
-           guidance: GuidanceKind = "auto", scale: float = 1.0,
+           guidance: GuidanceKind = "auto", scale: GuidanceScale = 1.0,
            sampler: SamplerName = "ddim", steps: Optional[str] = None, eta: float = 0.0, clip_denoised: bool = True,
            classes: str = "all", num_samples: int = 100, batch_size: int = 25, seed: int = 0, ema: bool = True,
            precision: Precision = "32-true", accelerator: str = "auto", devices: int = 1, num_nodes: int = 1,
@@ -77,7 +80,12 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}")
 
-    # Everything that can be wrong is checked here, before any sampling work.
+    # Everything that can be wrong is checked here, before any sampling work: the output and that
+    # every named file is there and is a PyTorch file (cheap), then the models load.
+    writable_directory(output)
+    check_torch_file(checkpoint, "diffusion model checkpoint")
+    if classifier is not None:
+        check_torch_file(classifier, "classifier checkpoint")
     model = load_diffusion_model(checkpoint, preset, ema=ema)
     guiding = load_classifier(classifier, classifier_preset) if classifier is not None else None
     guidance_object = build_guidance(guidance, scale, model, guiding)

@@ -17,6 +17,7 @@ import numpy as np
 from torch import nn
 
 from ..diffusion import GaussianDiffusion
+from ..torch_files import check_torch_file
 from ..sampling import ClassifierFreeGuidance, ClassifierGuidance, Guidance, check_scale
 
 GuidanceKind = Literal["auto", "none", "classifier", "classifier-free"]
@@ -43,10 +44,7 @@ class LoadedNetwork:
 
 
 def _existing(path: str | os.PathLike, what: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} checkpoint {str(path)!r} does not exist")
-    return path
+    return check_torch_file(path, f"{what} checkpoint")
 
 
 def _is_lightning_checkpoint(path: Path) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
@@ -23,7 +23,6 @@ import torch
 from ..atomic import atomic_savez, atomic_write, atomic_write_json
 
 ClassChoice = Literal["all", "random"]
-SHARD_PATTERN = re.compile(r"^shard-(\d{6})\.npz$")
 MANIFEST = "run.json"
 
 _LABEL_STREAM, _NOISE_STREAM = 0, 1  # independent SeedSequence streams per sample
@@ -147,24 +146,62 @@ def write_shard(directory: str | os.PathLike, shard: int, images: np.ndarray, la
 
 
 def read_shard(path: str | os.PathLike) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    with np.load(path) as data:
-        return data["arr_0"], (data["arr_1"] if "arr_1" in data.files else None)
+    """``(images, labels)`` of a shard or merged ``.npz``; ``ValueError`` naming the file if it does not read back."""
+    try:
+        with np.load(path) as data:
+            return data["arr_0"], (data["arr_1"] if "arr_1" in data.files else None)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{os.fspath(path)!r} does not read back as a sample .npz ({type(error).__name__}: "
+                         f"{error})") from None
 
 
-def complete_shards(directory: str | os.PathLike, plan: SamplePlan) -> set[int]:
-    """Shards of ``plan`` already written in full (a shard with the wrong count is redone)."""
+def shard_problem(path: Path, plan: SamplePlan, shard: int) -> Optional[str]:
+    """Why the file of ``shard`` is not that shard of ``plan`` (unreadable, wrong count or labels), or ``None``."""
+    try:
+        images, labels = read_shard(path)
+    except ValueError as error:
+        return str(error)
+    expected = plan.labels(shard)
+    if images.ndim != 4 or images.dtype != np.uint8 or images.shape[0] != len(plan.shard_indices(shard)):
+        count = len(plan.shard_indices(shard))
+        return f"it holds images of shape {images.shape} ({images.dtype}), not {count} uint8 NHWC images"
+    if (expected is None) != (labels is None) or (labels is not None and not np.array_equal(labels, expected.numpy())):
+        return "its labels are not the ones the plan gives these samples"
+    return None
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a bad file to ``NAME.bad`` (``NAME.bad1``, ... if taken): kept for inspection, never deleted."""
+    target, number = path.with_name(path.name + ".bad"), 0
+    while target.exists():
+        number += 1
+        target = path.with_name(f"{path.name}.bad{number}")
+    os.replace(path, target)
+    return target
+
+
+def complete_shards(directory: str | os.PathLike, plan: SamplePlan, shards: Optional[Sequence[int]] = None,
+                    set_aside_bad: bool = False) -> set[int]:
+    """Shards of ``plan`` (of ``shards``, default all) already on disk and intact.
+
+    A shard file that does not read back, or whose count or labels differ from the plan, is not
+    complete: it is sampled again. With ``set_aside_bad`` it is also renamed to ``*.bad`` (a rank
+    only ever sets aside its own shards, so ranks never race) and reported in one line.
+    """
     done = set()
-    for path in Path(directory).glob("shard-*.npz"):
-        match = SHARD_PATTERN.match(path.name)
-        if not match or int(match.group(1)) >= plan.num_shards:
+    wanted = range(plan.num_shards) if shards is None else shards
+    for shard in wanted:
+        path = shard_path(directory, shard)
+        if not path.exists():
             continue
-        shard = int(match.group(1))
-        try:
-            images, _ = read_shard(path)
-        except (OSError, ValueError, KeyError):
-            continue  # unreadable: will be rewritten
-        if images.shape[0] == len(plan.shard_indices(shard)):
+        problem = shard_problem(path, plan, shard)
+        if problem is None:
             done.add(shard)
+        elif set_aside_bad:
+            moved = set_aside(path)
+            print(f"gd sample: shard {path} is bad ({problem}); set aside as {moved.name}, sampling it again")
     return done
 
 

@@ -28,8 +28,8 @@ class ShardQueue(L.LightningDataModule):
         self.plan, self.directory = plan, Path(directory)
 
     def predict_dataloader(self) -> DataLoader:
-        done = complete_shards(self.directory, self.plan)
         mine = self.plan.shards_of_rank(self.trainer.global_rank, self.trainer.world_size)
+        done = complete_shards(self.directory, self.plan, mine, set_aside_bad=True)  # bad ones: renamed, redone
         return DataLoader([shard for shard in mine if shard not in done], batch_size=None, shuffle=False)
 
 

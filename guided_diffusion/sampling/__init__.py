@@ -22,6 +22,7 @@ from .guidance import (
     Guidance,
     GuidanceChain,
     as_guidance,
+    GuidanceScale,
     check_scale,
 )
 
@@ -66,4 +67,5 @@ __all__ = [
     "ddpm_sample", "ddpm_sample_progressive", "ddim_sample", "ddim_sample_progressive", "ddim_step",
     "ddim_invert", "ddim_invert_progressive", "dpm_solver_sample", "dpm_solver_sample_progressive",
     "Guidance", "ClassifierGuidance", "ClassifierFreeGuidance", "GuidanceChain", "as_guidance", "check_scale",
+    "GuidanceScale",
 ]

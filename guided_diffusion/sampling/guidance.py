@@ -23,6 +23,17 @@ from torch import nn
 from ..diffusion import GaussianDiffusion
 
 
+class GuidanceScale(float):
+    """A guidance scale: a finite number >= 0 (the type of ``--scale`` / ``--scales`` in the CLI).
+
+    ``GuidanceScale("nan")`` raises ``ValueError`` with :func:`check_scale`'s message, so a bad
+    value is reported by the command-line parser as exactly that.
+    """
+
+    def __new__(cls, value) -> "GuidanceScale":
+        return super().__new__(cls, check_scale(value))
+
+
 def check_scale(scale: float, name: str = "guidance scale") -> float:
     """A guidance scale must be a finite, non-negative number."""
     try:

@@ -7,6 +7,8 @@ Thin glue over the plain-PyTorch core. Names are imported lazily, so
 - :class:`NCSNModule` trains a noise-conditional score network (NCSN) on the same UNet;
 - :class:`EMA` keeps the EMA weights inside the module;
 - :class:`SampleGridCallback` logs EMA sample grids;
+- :class:`RunCheckpoint` (``ModelCheckpoint`` that also saves the final and the preempted step) and
+  :class:`SafeCheckpointIO` (``--ckpt_path`` read with ``weights_only=True``, one-line errors);
 - :func:`load_diffusion_checkpoint` / :func:`load_classifier_checkpoint` / :func:`load_ncsn_checkpoint`
   rebuild trained networks from a checkpoint with no flags; :func:`export` writes the OpenAI ``.pt``
   layout (``gd export``).
@@ -25,6 +27,8 @@ _LAZY = {
     "QuartileMeans": "metrics",
     "quartile_means": "metrics",
     "SampleGridCallback": "callbacks",
+    "RunCheckpoint": "run_state",
+    "SafeCheckpointIO": "run_state",
     "SmallSampleFIDCallback": "fid_callback",
     "GuidedDiffusionCLI": "cli",
     "lightning_main": "cli",

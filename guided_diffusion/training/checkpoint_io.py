@@ -17,19 +17,14 @@ from torch import nn
 
 from ..checkpoints import export_openai_checkpoint
 from ..diffusion import DiffusionConfig, GaussianDiffusion
+from ..torch_files import load_torch_file
 
 PathLike = str | os.PathLike
 
 
 def read_training_checkpoint(path: PathLike, map_location="cpu") -> dict[str, Any]:
     """A Lightning checkpoint of this project, read with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # an unpickling error names the offending global
-        raise ValueError(f"cannot read {str(path)!r} as a Lightning checkpoint with weights_only=True: {err}") from err
+    checkpoint = load_torch_file(path, "checkpoint", map_location)
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
     if not isinstance(hparams, Mapping) or "network" not in hparams or "state_dict" not in checkpoint:
         raise ValueError(f"{str(path)!r} is not a DiffusionModule/NoisyClassifierModule/NCSNModule checkpoint "

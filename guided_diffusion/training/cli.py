@@ -13,9 +13,10 @@ resolved config is written next to the logs (``config.yaml``) and logged to ever
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import yaml
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
@@ -23,6 +24,7 @@ from ..data.datamodule import ImageDataModule
 from .base import TrainingModule
 from .diffusion_module import DiffusionModule  # noqa: F401  (registers the class for --model DiffusionModule)
 from .ncsn_module import NCSNModule  # noqa: F401  (registers the class for --model NCSNModule)
+from .run_state import SafeCheckpointIO, logged_run_ids, resolve_checkpoint_path
 
 
 class SaveConfigToLoggers(SaveConfigCallback):
@@ -45,6 +47,55 @@ class GuidedDiffusionCLI(LightningCLI):
                          save_config_callback=SaveConfigToLoggers, auto_configure_optimizers=False,
                          parser_kwargs={"description": "Train and evaluate guided-diffusion models with Lightning."},
                          args=args, run=run, **kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` (one line naming what is wrong) before Lightning reads its hyper-parameters."""
+        self._resumed_run_ids: dict[str, str] = {}
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            config = self.config[subcommand]
+            callbacks = (config.get("trainer") or {}).get("callbacks")
+            path = resolve_checkpoint_path(config.get("ckpt_path"), _checkpoint_dirs(callbacks))
+            if path is not None:
+                self._resumed_run_ids = logged_run_ids(path)  # reads it safely (memory-mapped)
+        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        """A resumed fit continues the same W&B run (the id its checkpoint recorded)."""
+        run_id = getattr(self, "_resumed_run_ids", {}).get("wandb")
+        if self.subcommand != "fit" or not run_id:
+            return
+        loggers = (self.config[self.subcommand].get("trainer") or {}).get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init_args = _init_args(logger, "WandbLogger")
+            if init_args is not None and not init_args.get("id"):
+                init_args["id"] = run_id
+                init_args["resume"] = "allow"  # passed on to wandb.init: continue that run
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not a user's plugin
+            trainer.strategy.checkpoint_io = SafeCheckpointIO()
+        return trainer
+
+
+def _init_args(component: Any, class_name: str):
+    """The ``init_args`` of a parsed ``class_path`` component of class ``class_name``, else ``None``."""
+    class_path = getattr(component, "class_path", None) or (component.get("class_path") if isinstance(component, dict)
+                                                            else None)
+    if not class_path or class_path.rsplit(".", 1)[-1] != class_name:
+        return None
+    return component["init_args"]
+
+
+def _checkpoint_dirs(callbacks: Any) -> list[str]:
+    dirs = []
+    for callback in callbacks or []:
+        for name in ("RunCheckpoint", "ModelCheckpoint"):
+            init_args = _init_args(callback, name)
+            if init_args is not None and init_args.get("dirpath"):
+                dirs.append(str(init_args["dirpath"]))
+    return dirs
 
 
 class _RecipeCLI(GuidedDiffusionCLI):

@@ -41,7 +41,7 @@ def test_export_import_round_trip_is_identical(tmp_path, mnist_model):
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert list(raw) == list(mnist_model.state_dict())  # plain state dict in the OpenAI layout
     loaded, preset = load_openai_checkpoint(path)  # preset detected from keys and shapes
-    assert preset.name == "mnist32_adm" and preset.diffusion.learn_sigma
+    assert preset.name == "mnist32_adm" and preset.diffusion.predict_xstart and not preset.diffusion.learn_sigma
     for name, tensor in mnist_model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     x, t, y = torch.randn(2, 1, 32, 32), torch.tensor([1, 2]), torch.tensor([3, 4])

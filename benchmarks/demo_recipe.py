@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -75,7 +76,8 @@ class CurveEvaluator:
         with open(self.out, "a") as file:
             file.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
-        np.save(self.out.with_name(f"{self.name}-{step}.npy"), images.numpy()[:100])
+        stem = re.sub(r"[^\w.-]+", "_", self.name).strip("_")  # a recipe name may hold '/', ':' or spaces
+        np.save(self.out.with_name(f"{stem}-{step}.npy"), images.numpy()[:100])
         return row
 
 

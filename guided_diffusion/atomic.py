@@ -58,7 +58,7 @@ def atomic_write_json(path: PathLike, payload: Mapping[str, Any]) -> Path:
     return atomic_write(path, lambda file: file.write(text.encode()))
 
 
-def writable_directory(path: PathLike, what: str = "output") -> Path:
+def check_output_directory(path: PathLike, what: str = "output") -> Path:
     """Check that ``path`` is, or can become, a directory that holds files; create nothing.
 
     Called before any expensive work starts (models loading, sampling), so that a bad output fails

@@ -24,7 +24,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import torch
 
-from .atomic import atomic_savez, atomic_write_json, writable_directory
+from .atomic import atomic_savez, atomic_write_json, check_output_directory
 from .cli_types import GuidanceScale
 
 WandbMode = Literal["offline", "online", "disabled"]
@@ -231,7 +231,7 @@ def demo(output: str = "outputs/demo", preset: Literal["default", "long"] = "def
         raise ValueError("diffusion_steps and classifier_steps must be >= 1 and num_samples >= 10")
 
     started = time.perf_counter()
-    out = writable_directory(output)
+    out = check_output_directory(output)
     out.mkdir(parents=True, exist_ok=True)
     precision = default_precision() if precision == "auto" else precision
     if retrain:

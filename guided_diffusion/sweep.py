@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from .atomic import atomic_write, atomic_write_json, writable_directory
+from .atomic import atomic_write, atomic_write_json, check_output_directory
 from .cli_types import GuidanceScale
 from .evaluation.features import FeatureName, ResizeMode, build_feature_extractor, extract_features
 from .evaluation.metrics import DEFAULT_NEAREST_K, compute_metrics, minimum_samples
@@ -118,7 +118,7 @@ def sweep(checkpoint: str, reference: str, output: str = "outputs/sweep", *,
         raise ValueError(f"num_samples={num_samples} is too few for precision/recall with k={nearest_k} "
                          f"(need at least {minimum_samples(nearest_k=nearest_k)})")
     reference_info = inspect_npz(reference)  # a bad reference fails before any sampling
-    out = writable_directory(output)
+    out = check_output_directory(output)
     extractor = build_feature_extractor(features, inception_weights=inception_weights, resize=resize,
                                         device=torch.device(eval_device))
     stored = read_statistics(reference) if features == "inception" else {}

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from guided_diffusion.atomic import atomic_write_json, writable_directory
+from guided_diffusion.atomic import atomic_write_json, check_output_directory
 from guided_diffusion.cli import EXIT_BAD_INPUT, main
 
 DIFFUSION_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "mnist" / "diffusion.yaml")
@@ -145,7 +145,7 @@ def test_unwritable_output_is_reported_before_work(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
     with pytest.raises(ValueError, match=r"output '.*ro' cannot be written \(permission denied\)"):
-        writable_directory(tmp_path / "ro")
+        check_output_directory(tmp_path / "ro")
 
 
 def test_outputs_follow_the_umask(tmp_path):

@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal, Optional
 
-from ..atomic import writable_directory
+from ..atomic import check_output_directory
 from ..cli_types import GuidanceScale
 from ..torch_files import check_torch_file
 from ..sampling import SamplerName
@@ -82,7 +82,7 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
 
     # Everything that can be wrong is checked here, before any sampling work: the output and that
     # every named file is there and is a PyTorch file (cheap), then the models load.
-    writable_directory(output)
+    check_output_directory(output)
     check_torch_file(checkpoint, "diffusion model checkpoint")
     if classifier is not None:
         check_torch_file(classifier, "classifier checkpoint")

@@ -16,18 +16,19 @@ from contextlib import nullcontext
 import torch
 
 from guided_diffusion.diffusion import DiffusionConfig
-from guided_diffusion.nets import get_preset
-from guided_diffusion.sampling import ClassifierFreeGuidance, ClassifierGuidance, Denoiser
+from guided_diffusion.presets import get_preset
+from guided_diffusion.sampling import ClassifierFreeGuidance, ClassifierGuidance, GuidedPredictor
 
 
-def time_steps(denoiser: Denoiser, x: torch.Tensor, form: str, repeats: int, warmup: int, autocast: bool) -> float:
+def time_steps(predictor: GuidedPredictor, x: torch.Tensor, form: str, repeats: int, warmup: int,
+               autocast: bool) -> float:
     context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext()
-    index = denoiser.process.num_timesteps // 2
+    index = predictor.process.num_timesteps // 2
     times = []
     with context:
         for i in range(warmup + repeats):
             start = time.perf_counter()
-            denoiser.predict(x, index, form)
+            predictor.predict(x, index, form)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -61,19 +62,19 @@ def main() -> None:
           f"{args.threads} threads, torch {torch.__version__}")
 
     variants = {
-        "unguided (DDIM step)": (Denoiser(model, diffusion, y=y), "eps", 1),
+        "unguided (DDIM step)": (GuidedPredictor(model, diffusion, y=y), "eps", 1),
         "classifier-guided, eps shift (Alg. 2)": (
-            Denoiser(model, diffusion, y=y, guidance=ClassifierGuidance(classifier, 1.0)), "eps", 1),
+            GuidedPredictor(model, diffusion, y=y, guidance=ClassifierGuidance(classifier, 1.0)), "eps", 1),
         "classifier-guided, mean shift (Alg. 1)": (
-            Denoiser(model, diffusion, y=y, guidance=ClassifierGuidance(classifier, 1.0)), "mean", 1),
+            GuidedPredictor(model, diffusion, y=y, guidance=ClassifierGuidance(classifier, 1.0)), "mean", 1),
         "classifier-free (w = 3)": (
-            Denoiser(model, diffusion, y=y, guidance=ClassifierFreeGuidance(3.0, null_label=0)), "eps", 2),
+            GuidedPredictor(model, diffusion, y=y, guidance=ClassifierFreeGuidance(3.0, null_label=0)), "eps", 2),
     }
     print(f"{'variant':42s} {'precision':>9s} {'ms/step':>9s} {'img/s/NFE':>10s} {'vs unguided':>12s}")
     for autocast in (False, True):
         base = None
-        for name, (denoiser, form, nfe) in variants.items():
-            seconds = time_steps(denoiser, x, form, args.repeats, args.warmup, autocast)
+        for name, (predictor, form, nfe) in variants.items():
+            seconds = time_steps(predictor, x, form, args.repeats, args.warmup, autocast)
             base = base or seconds
             print(f"{name:42s} {'bf16' if autocast else 'fp32':>9s} {seconds * 1e3:9.1f} "
                   f"{args.batch / seconds * nfe:10.1f} {seconds / base:11.2f}x")

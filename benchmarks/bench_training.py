@@ -11,7 +11,7 @@ sampler, EMA update, AdamW) on in-memory synthetic images. Reported per case:
   growth over the resident size after warm-up (activations, gradients and allocator slack on top
   of weights, optimizer state, EMA and the Python/torch runtime).
 
-Networks (``guided_diffusion.nets.presets``): ``mnist32_adm`` (the tiny MNIST preset, batch 32, 1
+Networks (``guided_diffusion.presets.catalog``): ``mnist32_adm`` (the tiny MNIST preset, batch 32, 1
 channel) and ``cifar32_adm`` (the 32px 11M config: channels 64, channel_mult 1,2,2,2, 2 res
 blocks, attention at 16 and 8, 32 channels per head, learned sigma, AdaGN, up/down resblocks,
 10 classes; batch 8).
@@ -44,7 +44,7 @@ def _run_case(preset: str, batch_size: int, precision: str, steps: int, warmup: 
     from lightning.pytorch.callbacks import Callback
 
     from guided_diffusion.data.datamodule import ImageDataModule
-    from guided_diffusion.nets.presets import get_preset
+    from guided_diffusion.presets.catalog import get_preset
     from guided_diffusion.training import DiffusionModule
 
     torch.set_num_threads(threads)

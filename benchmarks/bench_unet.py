@@ -80,7 +80,7 @@ class Bench:
     def __init__(self, args, mode, state_dict=None):
         import torch
 
-        from guided_diffusion.nets.presets import get_preset
+        from guided_diffusion.presets.catalog import get_preset
 
         dtype_name, use_checkpoint = MODES[mode]
         self.preset = preset = get_preset(args.preset)
@@ -196,7 +196,7 @@ def _measure_memory(args, modes):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cifar32_adm", help="network preset (guided_diffusion.nets.presets)")
+    parser.add_argument("--preset", default="cifar32_adm", help="network preset (guided_diffusion.presets.catalog)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--rounds", type=int, default=10, help="timed rounds (one step of every mode each)")

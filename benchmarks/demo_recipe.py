@@ -53,7 +53,7 @@ class CurveEvaluator:
         from guided_diffusion.demo import frame_mean
         from guided_diffusion.evaluation.features import extract_features
         from guided_diffusion.evaluation.metrics import compute_metrics
-        from guided_diffusion.generation.plan import to_uint8_nhwc
+        from guided_diffusion.images import to_uint8_nhwc
 
         started = time.perf_counter()
         labels = torch.arange(self.num_eval) % 10
@@ -151,7 +151,7 @@ def main(argv=None) -> None:
     if network_overrides:
         network = module_args.get("network", "mnist32_adm")
         if isinstance(network, str):
-            from guided_diffusion.nets.presets import get_preset
+            from guided_diffusion.presets.catalog import get_preset
 
             network = get_preset(network).config.to_dict()
         module_args["network"] = {**network, **network_overrides}
@@ -177,7 +177,7 @@ def main(argv=None) -> None:
     precision = default_precision() if args.precision == "auto" else args.precision
     clip = args.clip
     if args.config:  # the recipe of a gd fit config, through the CLI's own parser (+ gd fit overrides)
-        from guided_diffusion.training.cli import load_recipe
+        from guided_diffusion.lightning_cli import load_recipe
 
         module, data, settings = load_recipe(args.config, args.args)
         clip = settings.get("gradient_clip_val", clip)

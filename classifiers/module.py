@@ -17,24 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from guided_diffusion.diffusion import DiffusionConfig
-from guided_diffusion.nets.presets import get_preset
+from guided_diffusion.presets import classifier_config_from_dict, get_preset
 from guided_diffusion.training.base import TrainingModule
-from guided_diffusion.training.metrics import QuartileMeans, quartile_means, topk_hits
+from guided_diffusion.training.loss_stats import QuartileMeans, quartile_means, topk_hits
 
 from .encoder import EncoderUNetConfig
 from .timm_classifier import TimmClassifierConfig
 
 CLASSIFIER_STATS = ("loss", "acc@1", "acc@5")
-
-
-def classifier_config_from_dict(config: dict) -> EncoderUNetConfig | TimmClassifierConfig:
-    """The classifier config stored (as a dict) in a checkpoint: timm configs carry ``model_name``."""
-    config_cls = TimmClassifierConfig if "model_name" in config else EncoderUNetConfig
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise ValueError(f"unknown {config_cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
-    return config_cls(**config)
 
 
 def resolve_classifier_network(network: EncoderUNetConfig | TimmClassifierConfig | str | dict,

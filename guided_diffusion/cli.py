@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("guided_diffusion.evaluation.evaluate:evaluate",
                  "FID / sFID / IS / precision / recall of a sample .npz against a reference"),
     "sweep": ("guided_diffusion.sweep:sweep", "sample and evaluate over guidance scales and samplers"),
-    "export": ("guided_diffusion.training.checkpoint_io:export", "a trained .ckpt to the OpenAI .pt layout"),
+    "export": ("guided_diffusion.checkpoints.lightning:export", "a trained .ckpt to the OpenAI .pt layout"),
 }
 
 LIGHTNING_SUBCOMMANDS: dict[str, str] = {
@@ -106,7 +106,7 @@ def _run(command: str, rest: list[str], from_command_line: bool) -> None:
         func = getattr(importlib.import_module(module_name), func_name)
         CLI(func, args=rest, as_positional=True, prog=f"gd {command}")
         return
-    from guided_diffusion.training.cli import lightning_main
+    from guided_diffusion.lightning_cli import lightning_main
 
     # None: LightningCLI reads sys.argv itself (DDP re-launches the same command line)
     lightning_main(None if from_command_line else [command, *rest])

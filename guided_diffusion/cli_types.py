@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from jsonargparse.typing import register_type
 
-from .sampling import GuidanceScale
+from .guidance import GuidanceScale
 
 register_type(GuidanceScale, float, GuidanceScale)
 

@@ -97,7 +97,7 @@ def train_from_config(config: str | Path, output: Path, name: str, max_steps: in
     """
     import lightning as L
 
-    from .training.cli import load_recipe
+    from .lightning_cli import load_recipe
     from .training.run_state import RunCheckpoint, SafeCheckpointIO, logged_run_ids
 
     output = Path(output)

@@ -24,8 +24,8 @@ from .evaluation.features import FeatureName, ResizeMode, build_feature_extracto
 from .evaluation.metrics import DEFAULT_NEAREST_K, compute_metrics, minimum_samples
 from .evaluation.npz import inspect_npz, iter_image_batches, read_labels, read_statistics
 from .generation.command import Precision, sample
-from .generation.models import GuidanceKind
-from .sampling import check_scale
+from .generation.pairing import GuidanceKind
+from .guidance import check_scale
 
 COLUMNS = ("sampler", "steps", "scale", "fid", "sfid", "inception_score", "precision", "recall", "accuracy",
            "num_samples", "seconds", "samples")

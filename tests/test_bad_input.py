@@ -71,7 +71,8 @@ CASES = [
     ("text as checkpoint", ["sample", "text.ckpt"], r"'text.ckpt' is not a PyTorch file"),
     ("random bytes", ["sample", "random.pt"], r"'random.pt' is not a PyTorch file"),
     ("truncated checkpoint", ["sample", "half.ckpt"], r"'half.ckpt' is truncated or corrupt"),
-    ("code in a pickle", ["sample", "evil.ckpt"], r"refusing to load checkpoint 'evil.ckpt'.*\(print\)"),
+    ("code in a pickle", ["sample", "evil.ckpt"],
+     r"refusing to load diffusion model checkpoint 'evil.ckpt'.*\(print\)"),
     ("empty classifier", ["sample", "good.ckpt", "--classifier", "empty.ckpt"],  # checked before any model loads
      r"classifier checkpoint 'empty.ckpt' is empty"),
     ("output is a file", ["sample", "missing.ckpt", "--output", "file.txt"],  # checked before the model

@@ -8,7 +8,6 @@ import torch
 
 from guided_diffusion.checkpoints import (
     CheckpointMismatchError,
-    atomic_save,
     export_openai_checkpoint,
     find_matching_presets,
     load_network,
@@ -16,7 +15,9 @@ from guided_diffusion.checkpoints import (
     read_network_metadata,
     save_network,
 )
-from guided_diffusion.nets import SuperResUNet, UNetConfig, get_preset
+from guided_diffusion.atomic import atomic_torch_save as atomic_save
+from guided_diffusion.nets import SuperResUNet, UNetConfig
+from guided_diffusion.presets import get_preset
 from tests.helpers import parity_fixture, reference_state_dict
 from tests.test_nets import randomize
 

@@ -12,8 +12,8 @@ from lightning.pytorch.callbacks import Callback
 
 from guided_diffusion.checkpoints import load_openai_checkpoint
 from guided_diffusion.cli import main
-from guided_diffusion.nets.presets import get_preset
-from guided_diffusion.training import lightning_main
+from guided_diffusion.presets import get_preset
+from guided_diffusion.lightning_cli import lightning_main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DIFFUSION_YAML = str(CONFIGS / "mnist" / "diffusion.yaml")

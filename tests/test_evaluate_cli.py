@@ -13,7 +13,8 @@ from guided_diffusion import cli
 from guided_diffusion.data.datasets import load_mnist5k, stratified_split
 from guided_diffusion.diffusion import DiffusionConfig
 from guided_diffusion.nets import UNetConfig
-from guided_diffusion.training import DiffusionModule, to_uint8_nhwc
+from guided_diffusion.images import to_uint8_nhwc
+from guided_diffusion.training import DiffusionModule
 
 EVALUATE = "guided_diffusion.evaluation.evaluate:evaluate"
 

@@ -18,8 +18,8 @@ from guided_diffusion.diffusion import DiffusionConfig
 from guided_diffusion.nets import UNetConfig
 from guided_diffusion.training import DiffusionModule
 from guided_diffusion.evaluation import FeatureStatistics, frechet_distance
-from guided_diffusion.training.fid_callback import SmallSampleFIDCallback, frechet_distance_with_root, \
-    symmetric_sqrt
+from guided_diffusion.evaluation.metrics import frechet_distance_with_root, symmetric_sqrt
+from guided_diffusion.training.fid_callback import SmallSampleFIDCallback
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MNIST_UNET = UNetConfig(image_size=32, in_channels=1, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
@@ -162,7 +162,7 @@ def test_rgb_data_default_to_the_inception_features(tmp_path):
 
 
 def test_callback_is_configured_from_the_lightning_cli_yaml(tmp_path, monkeypatch):
-    from guided_diffusion.training.cli import GuidedDiffusionCLI
+    from guided_diffusion.lightning_cli import GuidedDiffusionCLI
 
     monkeypatch.chdir(tmp_path)
     override = tmp_path / "override.yaml"

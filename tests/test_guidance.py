@@ -8,7 +8,7 @@ from classifiers import EncoderUNet, EncoderUNetConfig
 from guided_diffusion.diffusion import DiffusionConfig
 from guided_diffusion.mixture import GaussianMixture, MixtureClassifier, MixtureDenoiser
 from guided_diffusion.nets import UNet
-from guided_diffusion.nets.presets import config_from_openai_flags
+from guided_diffusion.presets import config_from_openai_flags
 from guided_diffusion.sampling import ClassifierFreeGuidance, ClassifierGuidance, check_scale, ddim_step, sample
 
 from .helpers import parity_fixture, reference_state_dict

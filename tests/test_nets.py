@@ -17,10 +17,9 @@ from guided_diffusion.nets import (
     SuperResUNet,
     UNet,
     UNetConfig,
-    get_preset,
-    list_presets,
     timestep_embedding,
 )
+from guided_diffusion.presets import get_preset, list_presets
 from tests.helpers import parity_fixture, reference_state_dict
 
 TINY = dict(image_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),

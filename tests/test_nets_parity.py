@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from classifiers import EncoderUNet, EncoderUNetConfig
-from guided_diffusion.nets import UNet, get_preset
-from guided_diffusion.nets.presets import config_from_openai_flags
+from guided_diffusion.nets import UNet
+from guided_diffusion.presets import get_preset
+from guided_diffusion.presets import config_from_openai_flags
 from tests.helpers import openai_key_configs, openai_key_list, parity_fixture, reference_state_dict
 
 CASES = ("new_order_updown_learned_cosine", "legacy_order_conv_fixed_linear")

@@ -11,21 +11,17 @@ import torch
 
 from guided_diffusion.diffusion import GaussianDiffusion
 from guided_diffusion.mixture import GaussianMixture, MixtureDenoiser
-from guided_diffusion.sampling import sample
-from guided_diffusion.sde import (
+from guided_diffusion.sampling import (
     COLOR_BASIS,
-    VESDE,
-    VPSDE,
-    Inpainting,
     colorization,
-    euler_maruyama_sample,
     from_decoupled,
+    Inpainting,
     interpolate,
-    mixture_score_model,
-    reverse_diffusion_sample,
+    sample,
     slerp,
     to_decoupled,
 )
+from guided_diffusion.sde import VESDE, VPSDE, euler_maruyama_sample, mixture_score_model, reverse_diffusion_sample
 
 N = 6000
 OBSERVED = -0.3  # the known first coordinate

@@ -7,17 +7,16 @@ import torch
 from guided_diffusion.diffusion import GaussianDiffusion
 from guided_diffusion.mixture import GaussianMixture, MixtureDenoiser
 from guided_diffusion.nets import UNetConfig
-from guided_diffusion.sampling import ClassifierFreeGuidance, sample
-from guided_diffusion.sde import (
-    VPSDE,
-    Inpainting,
+from guided_diffusion.sampling import (
+    ClassifierFreeGuidance,
     colorization,
     colorize,
     inpaint,
     inpaint_progressive,
-    mixture_score_model,
-    pc_sample,
+    Inpainting,
+    sample,
 )
+from guided_diffusion.sde import VPSDE, mixture_score_model, pc_sample
 
 MIXTURE = GaussianMixture(torch.tensor([[3.0, 0.0], [-0.3, 0.52], [-0.3, -0.52]]), std=0.1, weights=[0.5, 0.3, 0.2])
 KNOWN = torch.tensor([[-0.3, 0.0]]).expand(400, 2)

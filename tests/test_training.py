@@ -16,15 +16,8 @@ from guided_diffusion.checkpoints import load_state_dict_file
 from guided_diffusion.data.datamodule import ImageDataModule
 from guided_diffusion.diffusion import DiffusionConfig
 from guided_diffusion.nets import UNetConfig
-from guided_diffusion.training import (
-    EMA,
-    DiffusionModule,
-    QuartileMeans,
-    export,
-    load_classifier_checkpoint,
-    load_diffusion_checkpoint,
-    quartile_means,
-)
+from guided_diffusion.checkpoints import export, load_classifier_checkpoint, load_diffusion_checkpoint
+from guided_diffusion.training import EMA, DiffusionModule, QuartileMeans, quartile_means
 
 TINY_UNET = UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                        attention_resolutions=(8,), num_head_channels=32, learn_sigma=True,

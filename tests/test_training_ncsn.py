@@ -10,7 +10,8 @@ import yaml
 from guided_diffusion.cli import main
 from guided_diffusion.nets import UNetConfig
 from guided_diffusion.sde import VESDE, annealed_langevin_sample, langevin_step_size, langevin_variance_ratio
-from guided_diffusion.training import lightning_main, load_diffusion_checkpoint, load_ncsn_checkpoint
+from guided_diffusion.checkpoints import load_diffusion_checkpoint, load_ncsn_checkpoint
+from guided_diffusion.lightning_cli import lightning_main
 from guided_diffusion.training.ncsn_module import NCSNModule
 
 NCSN_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "mnist" / "ncsn.yaml")

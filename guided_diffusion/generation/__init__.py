@@ -1,10 +1,13 @@
 """Generation runs: ``gd sample`` (sharded, resumable, distributed) and what it is built from.
 
-:mod:`.plan` and :mod:`.models` are plain PyTorch; :mod:`.runner` is the Lightning glue and
+:mod:`.plan`, :mod:`.shards` and :mod:`.pairing` are plain PyTorch; :mod:`.runner` is the Lightning glue and
 :mod:`.command` the command. Importing this package does not import Lightning.
 """
-from .models import LoadedNetwork, build_guidance, check_pair, load_classifier, load_diffusion_model
-from .plan import SamplePlan, merge_shards, parse_classes, save_grid, to_uint8_nhwc
+from ..checkpoints import LoadedNetwork, load_classifier, load_diffusion_model
+from ..images import save_grid, to_uint8_nhwc
+from .pairing import build_guidance, check_pair
+from .plan import SamplePlan, parse_classes
+from .shards import merge_shards
 
 __all__ = ["LoadedNetwork", "build_guidance", "check_pair", "load_classifier", "load_diffusion_model",
            "SamplePlan", "merge_shards", "parse_classes", "save_grid", "to_uint8_nhwc", "sample"]

@@ -17,8 +17,11 @@ from ..atomic import check_output_directory
 from ..cli_types import GuidanceScale
 from ..torch_files import check_torch_file
 from ..sampling import SamplerName
-from .models import GuidanceKind, build_guidance, freeze, label_count, load_classifier, load_diffusion_model
-from .plan import SamplePlan, check_manifest, merge_shards, parse_classes, read_shard, save_grid
+from ..checkpoints import load_classifier, load_diffusion_model
+from .pairing import GuidanceKind, build_guidance, freeze, label_count
+from ..images import save_grid
+from .plan import SamplePlan, parse_classes
+from .shards import check_manifest, merge_shards, read_shard
 
 Precision = Literal["32-true", "bf16-mixed", "16-mixed", "64-true"]
 

@@ -4,7 +4,7 @@
 (H, W), (H, W, C), (N, H, W) or (N, H, W, C). ``--colorize FILE.npz``: ``arr_0`` grey (N, H, W[, 1])
 or RGB images whose channel mean is kept. Sample i is conditioned on image i mod N, so the
 condition, like the noise and the label, depends only on the sample's index. The conditioning is
-a guidance object (:class:`guided_diffusion.sde.controllable.Inpainting`) appended after the
+a guidance object (:class:`guided_diffusion.sampling.controllable.Inpainting`) appended after the
 classifier / classifier-free guidance, so every sampler takes it.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ class ImageCondition:
 
     def build(self, indices: Sequence[int], process, device, generators):
         """The guidance object conditioning the samples ``indices``."""
-        from ..sde.controllable import Inpainting, colorization
+        from ..sampling.controllable import Inpainting, colorization
 
         rows = torch.tensor([i % self.images.shape[0] for i in indices])
         observed = self.images[rows].to(device)

@@ -17,7 +17,9 @@ from torch.utils.data import DataLoader
 
 from ..sampling import Guidance, sample
 from .conditions import ImageCondition
-from .plan import SamplePlan, complete_shards, merge_shards, to_uint8_nhwc, write_shard
+from ..images import to_uint8_nhwc
+from .plan import SamplePlan
+from .shards import complete_shards, merge_shards, write_shard
 
 
 class ShardQueue(L.LightningDataModule):

@@ -4,68 +4,50 @@
             progress=True, **options) -> Tensor
 
 with a ``*_progressive`` variant that yields each step. Samplers own respacing; models see only
-original timesteps. Plain PyTorch: nothing here imports Lightning.
+original timesteps. The discrete samplers (DDPM ancestral, DDIM, DPM-Solver++) live here; the SDE
+family of :mod:`guided_diffusion.sde` joins :data:`SAMPLERS` through :mod:`.sde_bridge`, and
+:mod:`.controllable` (inpainting, colorization, interpolation) works with both. Guidance objects
+are :mod:`guided_diffusion.guidance` (re-exported). Plain PyTorch: nothing here imports Lightning.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Literal
-
-import torch
-
-from .ancestral import ddpm_sample, ddpm_sample_progressive
-from .common import Denoiser, last, randn
-from .ddim import ddim_invert, ddim_invert_progressive, ddim_sample, ddim_sample_progressive, ddim_step
-from .dpm_solver import dpm_solver_sample, dpm_solver_sample_progressive
-from .guidance import (
+from ..guidance import (
     ClassifierFreeGuidance,
     ClassifierGuidance,
     Guidance,
     GuidanceChain,
-    as_guidance,
     GuidanceScale,
+    as_guidance,
     check_scale,
 )
-
-SamplerName = Literal["ddpm", "ddim", "dpm-solver", "euler-maruyama", "reverse-diffusion", "pc", "annealed-langevin"]
-
-#: name -> progressive sampler
-SAMPLERS: dict[str, Callable[..., Iterator[dict]]] = {
-    "ddpm": ddpm_sample_progressive,
-    "ddim": ddim_sample_progressive,
-    "dpm-solver": dpm_solver_sample_progressive,
-}
-
-
-def _score_sde_sampler(name: str) -> Callable[..., Iterator[dict]]:
-    """A sampler of :mod:`guided_diffusion.sde` on the model's VP-SDE view (imported on use: sde builds on sampling)."""
-    def progressive(model, diffusion, shape_or_noise, **options):
-        from ..sde.bridge import DIFFUSION_SAMPLERS
-
-        return DIFFUSION_SAMPLERS[name](model, diffusion, shape_or_noise, **options)
-
-    return progressive
-
-
-SAMPLERS.update({name: _score_sde_sampler(name)
-                 for name in ("euler-maruyama", "reverse-diffusion", "pc", "annealed-langevin")})
-
-
-def sample_progressive(model, diffusion, shape_or_noise, *, sampler: SamplerName = "ddim", **options) -> Iterator[dict]:
-    """The progressive sampler called ``sampler`` (see :data:`SAMPLERS`)."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
-    return SAMPLERS[sampler](model, diffusion, shape_or_noise, **options)
-
-
-def sample(model, diffusion, shape_or_noise, *, sampler: SamplerName = "ddim", **options) -> torch.Tensor:
-    """Draw samples with the sampler called ``sampler``; options as that sampler's."""
-    return last(sample_progressive(model, diffusion, shape_or_noise, sampler=sampler, **options))
-
+from ..sampler_protocol import last, randn
+from .ancestral import ddpm_sample, ddpm_sample_progressive
+from .common import GuidedPredictor
+from .ddim import ddim_invert, ddim_invert_progressive, ddim_sample, ddim_sample_progressive, ddim_step
+from .dpm_solver import dpm_solver_sample, dpm_solver_sample_progressive
+from .samplers import SAMPLERS, SamplerName, sample, sample_progressive
+from .controllable import (
+    COLOR_BASIS,
+    SDE_SAMPLERS,
+    InpaintedModel,
+    Inpainting,
+    colorization,
+    colorize,
+    colorize_progressive,
+    from_decoupled,
+    inpaint,
+    inpaint_progressive,
+    interpolate,
+    slerp,
+    to_decoupled,
+)
 
 __all__ = [
-    "SAMPLERS", "SamplerName", "sample", "sample_progressive", "Denoiser", "randn",
+    "SAMPLERS", "SamplerName", "sample", "sample_progressive", "GuidedPredictor", "randn",
     "ddpm_sample", "ddpm_sample_progressive", "ddim_sample", "ddim_sample_progressive", "ddim_step",
     "ddim_invert", "ddim_invert_progressive", "dpm_solver_sample", "dpm_solver_sample_progressive",
     "Guidance", "ClassifierGuidance", "ClassifierFreeGuidance", "GuidanceChain", "as_guidance", "check_scale",
-    "GuidanceScale",
+    "GuidanceScale", "last",
+    "COLOR_BASIS", "Inpainting", "InpaintedModel", "colorization", "to_decoupled", "from_decoupled", "slerp",
+    "interpolate", "inpaint", "inpaint_progressive", "colorize", "colorize_progressive", "SDE_SAMPLERS",
 ]

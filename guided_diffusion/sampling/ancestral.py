@@ -10,7 +10,8 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from ..diffusion import GaussianDiffusion
-from .common import Generators, ShapeOrNoise, last, prepare, randn, steps_with_progress
+from ..sampler_protocol import Generators, ShapeOrNoise, last, randn, steps_with_progress
+from .common import prepare
 
 
 def ddpm_sample_progressive(model: Callable, diffusion: GaussianDiffusion, shape_or_noise: ShapeOrNoise, *,
@@ -33,12 +34,12 @@ def ddpm_sample_progressive(model: Callable, diffusion: GaussianDiffusion, shape
         model_kwargs: extra model inputs (e.g. ``low_res`` for super-resolution).
         device: where to draw x_T when a shape is given (default: the model's device).
     """
-    denoiser, x = prepare(model, diffusion, shape_or_noise, y=y, guidance=guidance, steps=steps,
-                          generator=generator, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-                          model_kwargs=model_kwargs, device=device)
-    process = denoiser.process
+    predictor, x = prepare(model, diffusion, shape_or_noise, y=y, guidance=guidance, steps=steps,
+                           generator=generator, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                           model_kwargs=model_kwargs, device=device)
+    process = predictor.process
     for i in steps_with_progress(range(process.num_timesteps - 1, -1, -1), progress, "ddpm"):
-        out = denoiser.predict(x, i, "mean")
+        out = predictor.predict(x, i, "mean")
         if i > 0:
             x = out["mean"] + torch.exp(0.5 * out["log_variance"]) * randn(x.shape, generator, x.device, x.dtype)
         else:

@@ -1,4 +1,4 @@
-"""What every sampler shares: the starting noise, per-sample generators, and one guided prediction.
+"""What the discrete samplers share: one guided prediction per step of the (respaced) diffusion.
 
 A sampler only needs ``model(x_t, t, y=None)``: the prediction step here calls the model through
 the (respaced) diffusion, reads its output as p(x_{t-1} | x_t), and hands it to the guidance in
@@ -7,43 +7,18 @@ the form the sampler asks for (a mean shift for ancestral steps, an eps shift fo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Optional, Sequence
+from typing import Callable, Literal, Optional
 
 import torch
-from tqdm.auto import tqdm
 
 from ..diffusion import GaussianDiffusion
 from ..diffusion.gaussian import DenoisedFn
-from .guidance import Guidance, as_guidance
-
-#: One generator for the batch, or one per sample (so a sample's noise does not depend on its batch).
-Generators = Optional[torch.Generator | Sequence[torch.Generator]]
-ShapeOrNoise = Sequence[int] | torch.Tensor
-
-
-def randn(shape: Sequence[int], generator: Generators = None, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Standard normal noise; with a list of generators, row i comes from generator i."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-    if len(generator) != shape[0]:
-        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
-    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
-
-
-def model_takes_labels(model: Callable) -> bool:
-    """Class labels go to the model only if it says it is class-conditional (``num_classes``)."""
-    return getattr(model, "num_classes", None) is not None
-
-
-def model_device(model: Callable) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration, TypeError):
-        return torch.device("cpu")
+from ..guidance import Guidance, as_guidance
+from ..sampler_protocol import Generators, ShapeOrNoise, model_device, model_takes_labels, randn
 
 
 @dataclass
-class Denoiser:
+class GuidedPredictor:
     """A model, its (respaced) diffusion and the guidance, seen as one prediction per step.
 
     Args:
@@ -94,20 +69,6 @@ def prepare(model, diffusion: GaussianDiffusion, shape_or_noise: ShapeOrNoise, *
         y = torch.as_tensor(y, device=x.device)
         if y.shape != (x.shape[0],):
             raise ValueError(f"y must hold one label per sample: shape {tuple(y.shape)} for a batch of {x.shape[0]}")
-    denoiser = Denoiser(model, process, y=y, guidance=guidance, clip_denoised=clip_denoised,
-                        denoised_fn=denoised_fn, model_kwargs=model_kwargs)
-    return denoiser, x
-
-
-def steps_with_progress(indices: Sequence[int], progress: bool, desc: str) -> Iterator[int]:
-    return iter(tqdm(indices, desc=desc, disable=not progress, leave=False))
-
-
-def last(iterator: Iterator[dict]) -> torch.Tensor:
-    """The final sample of a progressive sampler."""
-    final = None
-    for final in iterator:
-        pass
-    if final is None:
-        raise ValueError("the sampler made no steps")
-    return final["sample"]
+    predictor = GuidedPredictor(model, process, y=y, guidance=guidance, clip_denoised=clip_denoised,
+                                denoised_fn=denoised_fn, model_kwargs=model_kwargs)
+    return predictor, x

@@ -14,7 +14,8 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from ..diffusion import GaussianDiffusion
-from .common import Generators, ShapeOrNoise, last, prepare, randn, steps_with_progress
+from ..sampler_protocol import Generators, ShapeOrNoise, last, randn, steps_with_progress
+from .common import prepare
 
 
 def _check_eta(eta: float) -> float:
@@ -35,12 +36,12 @@ def ddim_sample_progressive(model: Callable, diffusion: GaussianDiffusion, shape
     the given process; "ddim25"-"ddim50" is the usual choice for a 1000-step model.
     """
     eta = _check_eta(eta)
-    denoiser, x = prepare(model, diffusion, shape_or_noise, y=y, guidance=guidance, steps=steps,
-                          generator=generator, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-                          model_kwargs=model_kwargs, device=device)
-    process = denoiser.process
+    predictor, x = prepare(model, diffusion, shape_or_noise, y=y, guidance=guidance, steps=steps,
+                           generator=generator, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                           model_kwargs=model_kwargs, device=device)
+    process = predictor.process
     for i in steps_with_progress(range(process.num_timesteps - 1, -1, -1), progress, "ddim"):
-        out = denoiser.predict(x, i, "eps")
+        out = predictor.predict(x, i, "eps")
         x = ddim_step(process, out, x, i, eta, generator)
         yield {"sample": x, "pred_xstart": out["pred_xstart"], "t": int(process.timestep_map[i])}
 
@@ -83,15 +84,15 @@ def ddim_invert_progressive(model: Callable, diffusion: GaussianDiffusion, x0: t
     """
     if fixed_point_iterations < 0:
         raise ValueError(f"fixed_point_iterations must be >= 0, got {fixed_point_iterations}")
-    denoiser, x = prepare(model, diffusion, x0, y=y, guidance=guidance, steps=steps, generator=None,
-                          clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs)
-    process = denoiser.process
+    predictor, x = prepare(model, diffusion, x0, y=y, guidance=guidance, steps=steps, generator=None,
+                           clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs)
+    process = predictor.process
     for i in steps_with_progress(range(process.num_timesteps), progress, "ddim-invert"):
         abar, abar_prev = float(process.alphas_cumprod[i]), float(process.alphas_cumprod_prev[i])
-        out = denoiser.predict(x, max(i - 1, 0), "eps")
+        out = predictor.predict(x, max(i - 1, 0), "eps")
         lifted = out["pred_xstart"] * abar ** 0.5 + (1 - abar) ** 0.5 * out["eps"]
         for _ in range(fixed_point_iterations):
-            out = denoiser.predict(lifted, i, "eps")
+            out = predictor.predict(lifted, i, "eps")
             lifted = ((abar / abar_prev) ** 0.5 * (x - (1 - abar_prev) ** 0.5 * out["eps"])
                       + (1 - abar) ** 0.5 * out["eps"])
         x = lifted

@@ -22,7 +22,8 @@ from typing import Callable, Iterator, Literal, Optional
 import torch
 
 from ..diffusion import GaussianDiffusion
-from .common import Generators, ShapeOrNoise, last, prepare, steps_with_progress
+from ..sampler_protocol import Generators, ShapeOrNoise, last, steps_with_progress
+from .common import prepare
 
 
 def dpm_solver_sample_progressive(model: Callable, diffusion: GaussianDiffusion, shape_or_noise: ShapeOrNoise, *,
@@ -40,16 +41,16 @@ def dpm_solver_sample_progressive(model: Callable, diffusion: GaussianDiffusion,
         raise ValueError(f"DPM-Solver++ order must be 1 or 2, got {order}")
     if isinstance(steps, int) or (isinstance(steps, str) and steps.strip().isdigit()):
         steps = f"quad{int(steps)}"
-    denoiser, x = prepare(model, diffusion, shape_or_noise, y=y, guidance=guidance, steps=steps,
-                          generator=generator, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-                          model_kwargs=model_kwargs, device=device)
-    process = denoiser.process
+    predictor, x = prepare(model, diffusion, shape_or_noise, y=y, guidance=guidance, steps=steps,
+                           generator=generator, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                           model_kwargs=model_kwargs, device=device)
+    process = predictor.process
     abar = process.alphas_cumprod
     alpha, sigma = abar ** 0.5, (1 - abar) ** 0.5
     lam = [math.log(a / s) for a, s in zip(alpha, sigma)]
     previous_x0, previous_h = None, None
     for i in steps_with_progress(range(process.num_timesteps - 1, -1, -1), progress, "dpm-solver++"):
-        out = denoiser.predict(x, i, "eps")
+        out = predictor.predict(x, i, "eps")
         x0 = out["pred_xstart"]
         if i == 0:
             x = x0  # sigma_next = 0: every order reduces to the data prediction

@@ -8,30 +8,16 @@
 - Samplers (:mod:`.samplers`, :mod:`.ode`): reverse-SDE Euler–Maruyama, reverse diffusion,
   predictor–corrector with a Langevin corrector, the probability-flow ODE (adaptive, scipy),
   annealed Langevin dynamics; one signature ``(score_model, sde, shape | x_T, *, y, guidance,
-  steps, generator, progress, **options)``; every guidance kind of :mod:`guided_diffusion.sampling`
-  applies. The DDPM-signature versions are registered in ``guided_diffusion.sampling.SAMPLERS``.
+  steps, generator, progress, **options)``; every guidance kind of :mod:`guided_diffusion.guidance`
+  applies.
 - Likelihood: ``ode_likelihood`` (bits/dim comparable with ``GaussianDiffusion.calc_bpd_loop``).
 - NCSN (:mod:`.ncsn`): noise levels (Techniques 1-2 of Song & Ermon 2020), ``ncsn_loss``, and a
   noise-conditional score network on the project's UNet.
-- Controllable generation (:mod:`.controllable`): inpainting and colorization as a Guidance that
-  every sampler accepts, one-call ``inpaint`` / ``colorize`` / ``interpolate`` for an eps model and
-  its GaussianDiffusion (or a score model and its SDE), and the DDPM paper's latent interpolation.
+
+Nothing here imports :mod:`guided_diffusion.sampling` (which stands on this package: its
+``sde_bridge`` gives these samplers the DDPM sampler signature, and its ``controllable`` module
+holds inpainting / colorization / interpolation for both families).
 """
-from .controllable import (
-    COLOR_BASIS,
-    SDE_SAMPLERS,
-    InpaintedModel,
-    Inpainting,
-    colorization,
-    colorize,
-    colorize_progressive,
-    from_decoupled,
-    inpaint,
-    inpaint_progressive,
-    interpolate,
-    slerp,
-    to_decoupled,
-)
 from .models import EpsScoreModel, GuidedScore, ScoreModel, tweedie_x0
 from .ncsn import (
     NoiseConditionalScoreNetwork,
@@ -68,6 +54,4 @@ __all__ = [
     "NoiseConditionalScoreNetwork", "gamma_for_dimension", "geometric_sigmas", "max_pairwise_distance",
     "ncsn_loss", "ncsn_sigmas", "sigma_overlap", "langevin_step_size", "langevin_variance_ratio",
     "MixtureEpsNetwork", "MixtureTimeClassifier", "mixture_score_model",
-    "COLOR_BASIS", "Inpainting", "InpaintedModel", "colorization", "to_decoupled", "from_decoupled", "slerp",
-    "interpolate", "inpaint", "inpaint_progressive", "colorize", "colorize_progressive", "SDE_SAMPLERS",
 ]

@@ -34,8 +34,8 @@ from typing import Callable, Literal, Optional, Protocol, runtime_checkable
 
 import torch
 
-from ..sampling.common import model_takes_labels
-from ..sampling.guidance import Guidance, as_guidance
+from ..sampler_protocol import model_takes_labels
+from ..guidance import Guidance, as_guidance
 from .sdes import SDE, DiscreteVPSDE, as_time, broadcast
 
 TimestepMode = Literal["continuous", "round", "interpolate"]

@@ -43,7 +43,7 @@ import torch
 from scipy import optimize, stats
 from torch import nn
 
-from ..sampling.common import Generators, randn
+from ..sampler_protocol import Generators, randn
 from .models import EpsScoreModel
 from .sdes import VESDE, as_time, broadcast
 

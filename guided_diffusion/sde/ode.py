@@ -39,7 +39,7 @@ import torch
 from scipy import integrate
 from tqdm.auto import tqdm
 
-from ..sampling.common import Generators, ShapeOrNoise, randn
+from ..sampler_protocol import Generators, ShapeOrNoise, randn
 from .models import GuidedScore, ScoreModel, check_sde, tweedie_x0
 from .samplers import start
 from .sdes import SDE, as_time, broadcast

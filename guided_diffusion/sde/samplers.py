@@ -33,7 +33,7 @@ from typing import Iterator, Literal, Optional, Sequence
 
 import torch
 
-from ..sampling.common import Generators, ShapeOrNoise, last, model_device, randn, steps_with_progress
+from ..sampler_protocol import Generators, ShapeOrNoise, last, model_device, randn, steps_with_progress
 from .models import GuidedScore, ScoreModel, check_sde, tweedie_x0
 from .sdes import SDE, as_time, broadcast
 

@@ -41,7 +41,7 @@ from typing import Literal, Optional, Sequence, get_args
 import numpy as np
 import torch
 
-from ..sampling.common import randn
+from ..sampler_protocol import randn
 
 SDEName = Literal["ve", "vp", "subvp"]
 Time = float | torch.Tensor

@@ -1,17 +1,15 @@
-"""The Lightning layer: training modules, callbacks, the ``gd`` LightningCLI, checkpoint loading.
+"""The Lightning layer: training modules and callbacks.
 
-Thin glue over the plain-PyTorch core. Names are imported lazily, so
-``from guided_diffusion.training import load_diffusion_checkpoint`` does not import Lightning.
+Thin glue over the plain-PyTorch core. Names are imported lazily (``import guided_diffusion.training``
+alone does not import Lightning). Reading the checkpoints these modules write is
+:mod:`guided_diffusion.checkpoints` (no Lightning); the ``gd fit`` CLI is :mod:`guided_diffusion.lightning_cli`.
 
 - :class:`DiffusionModule` trains an ADM UNet (``NoisyClassifierModule`` lives in ``classifiers.module``);
 - :class:`NCSNModule` trains a noise-conditional score network (NCSN) on the same UNet;
 - :class:`EMA` keeps the EMA weights inside the module;
 - :class:`SampleGridCallback` logs EMA sample grids;
 - :class:`RunCheckpoint` (``ModelCheckpoint`` that also saves the final and the preempted step) and
-  :class:`SafeCheckpointIO` (``--ckpt_path`` read with ``weights_only=True``, one-line errors);
-- :func:`load_diffusion_checkpoint` / :func:`load_classifier_checkpoint` / :func:`load_ncsn_checkpoint`
-  rebuild trained networks from a checkpoint with no flags; :func:`export` writes the OpenAI ``.pt``
-  layout (``gd export``).
+  :class:`SafeCheckpointIO` (``--ckpt_path`` read with ``weights_only=True``, one-line errors).
 """
 from __future__ import annotations
 
@@ -20,24 +18,16 @@ import importlib
 _LAZY = {
     "DiffusionModule": "diffusion_module",
     "resolve_diffusion_network": "diffusion_module",
-    "to_uint8_nhwc": "diffusion_module",
     "TrainingModule": "base",
     "build_lr_scheduler": "base",
     "EMA": "ema",
-    "QuartileMeans": "metrics",
-    "quartile_means": "metrics",
+    "QuartileMeans": "loss_stats",
+    "quartile_means": "loss_stats",
     "SampleGridCallback": "callbacks",
     "RunCheckpoint": "run_state",
     "SafeCheckpointIO": "run_state",
     "SmallSampleFIDCallback": "fid_callback",
-    "GuidedDiffusionCLI": "cli",
-    "lightning_main": "cli",
-    "load_diffusion_checkpoint": "checkpoint_io",
-    "load_classifier_checkpoint": "checkpoint_io",
-    "load_ncsn_checkpoint": "checkpoint_io",
     "NCSNModule": "ncsn_module",
-    "read_training_checkpoint": "checkpoint_io",
-    "export": "checkpoint_io",
 }
 
 __all__ = sorted(_LAZY)

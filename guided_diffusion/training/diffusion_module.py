@@ -16,13 +16,12 @@ import torch
 
 from ..diffusion import DiffusionConfig, create_timestep_sampler
 from ..diffusion.weighting import MseWeighting, mse_weights
-from ..generation.plan import to_uint8_nhwc
+from ..images import to_uint8_nhwc
 from ..nets import UNetConfig
-from ..nets.presets import get_preset
-from ..nets.registry import config_from_dict
+from ..presets import config_from_dict, get_preset
 from .base import LrSchedule, TrainingModule
 from .ema import EMA, EmaSchedule
-from .metrics import QuartileMeans, quartile_means
+from .loss_stats import QuartileMeans, quartile_means
 
 
 def resolve_diffusion_network(network: UNetConfig | str | dict, diffusion: DiffusionConfig | dict | None,
@@ -71,7 +70,7 @@ class DiffusionModule(TrainingModule):
 
     Args:
         network: the UNet architecture (``UNetConfig`` fields), or a preset name from
-            ``guided_diffusion.nets.presets`` (e.g. ``"adm_imagenet64"``, ``"mnist32_adm"``).
+            ``guided_diffusion.presets.catalog`` (e.g. ``"adm_imagenet64"``, ``"mnist32_adm"``).
         diffusion: the diffusion process; ``None`` = the preset's, or 1000 linear steps with
             ``learn_sigma`` as the network's.
         lr: AdamW learning rate (ADM: 1e-4; 3e-4 at 64x64).

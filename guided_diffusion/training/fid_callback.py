@@ -32,30 +32,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..evaluation.accumulate import RunningFeatureStatistics
 from ..evaluation.features import ResizeMode, build_feature_extractor
-from ..evaluation.metrics import FeatureStatistics
+from ..evaluation.metrics import FeatureStatistics, frechet_distance_with_root, symmetric_sqrt
+from ..sampler_protocol import sample_generators
 
 FeatureChoice = Literal["auto", "inception", "mnist"]
-
-
-def symmetric_sqrt(sigma: torch.Tensor) -> torch.Tensor:
-    """The PSD square root of a symmetric PSD matrix (eigenvalues clipped at 0 against round-off)."""
-    eigenvalues, eigenvectors = torch.linalg.eigh(sigma)
-    return (eigenvectors * eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
-
-
-def frechet_distance_with_root(reference: FeatureStatistics, reference_root: torch.Tensor,
-                               samples: FeatureStatistics) -> float:
-    """The Frechet distance of :func:`guided_diffusion.evaluation.metrics.frechet_distance`, computed with
-    tr sqrtm(S1 S2) = sum sqrt(eig(S1^1/2 S2 S1^1/2)) (S1 S2 is similar to that PSD matrix) from the cached
-    root of the reference covariance: two symmetric eigendecompositions instead of a general matrix square
-    root. At 2048-d on two CPU cores: 7 s per evaluation (+11 s once for the root) against 65 s for scipy's
-    sqrtm; on the GPU when there is one. Equal to the ADM formula up to round-off (tested)."""
-    device, dtype = reference_root.device, reference_root.dtype
-    mu_r, sigma_r = (torch.as_tensor(a, device=device, dtype=dtype) for a in (reference.mu, reference.sigma))
-    mu_s, sigma_s = (torch.as_tensor(a, device=device, dtype=dtype) for a in (samples.mu, samples.sigma))
-    product = reference_root @ sigma_s @ reference_root
-    trace_sqrt = torch.linalg.eigvalsh((product + product.T) / 2).clamp(min=0).sqrt().sum()
-    return float((mu_r - mu_s).square().sum() + sigma_r.trace() + sigma_s.trace() - 2 * trace_sqrt)
 
 
 class SmallSampleFIDCallback(Callback):
@@ -64,9 +44,10 @@ class SmallSampleFIDCallback(Callback):
     The samples are drawn with ``pl_module.sample(n, labels, sampler=, steps=, generator=)`` (the EMA
     network of :class:`~guided_diffusion.training.DiffusionModule`) under the trainer's precision
     context; features are extracted in float32 outside it. Sample ``i`` always uses the noise of
-    ``torch.Generator().manual_seed(seed * 2**32 + i)`` and, for a class-conditional model, the label
-    ``i mod num_classes`` (balanced classes), so the same sample set is drawn at every evaluation
-    and on any number of devices. Neither the EMA nor the feature network ever requires grad, and
+    :func:`~guided_diffusion.sampler_protocol.sample_generators` ``(seed, [i])`` and, for a
+    class-conditional model, the label ``i mod num_classes`` (balanced classes): the same sample set
+    at every evaluation and on any number of devices, and sample ``i`` of ``gd sample --seed S
+    --classes all`` with the same sampler. Neither the EMA nor the feature network ever requires grad, and
     the feature network is not part of the LightningModule (it never enters checkpoints).
 
     The value is logged with ``pl_module.log`` (so ``ModelCheckpoint(monitor=...)`` and the progress
@@ -187,7 +168,7 @@ class SmallSampleFIDCallback(Callback):
         num_classes = getattr(pl_module, "num_classes", None)
         for start in range(0, len(indices), self.batch_size):
             chunk = indices[start:start + self.batch_size]
-            generators = [torch.Generator(pl_module.device).manual_seed(self.seed * 2**32 + i) for i in chunk]
+            generators = sample_generators(self.seed, chunk, pl_module.device)
             labels = (torch.tensor(chunk, device=pl_module.device) % num_classes) if num_classes else None
             with trainer.precision_plugin.forward_context():
                 images = pl_module.sample(len(chunk), labels, sampler=self.sampler, steps=self.steps,

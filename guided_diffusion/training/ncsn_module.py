@@ -42,8 +42,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from ..nets import UNetConfig
-from ..nets.presets import get_preset
-from ..nets.registry import config_from_dict
+from ..presets import config_from_dict, get_preset
 from ..sde.ncsn import (
     NoiseConditionalScoreNetwork,
     geometric_sigmas,
@@ -55,7 +54,7 @@ from ..sde.ncsn import (
 from .base import TrainingModule
 from .diffusion_module import to_uint8_nhwc
 from .ema import EMA
-from .metrics import QuartileMeans, quartile_means
+from .loss_stats import QuartileMeans, quartile_means
 
 NCSNSampler = Literal["annealed-langevin", "pc", "reverse-diffusion", "euler-maruyama", "ode"]
 NCSN_SAMPLERS = ("annealed-langevin", "pc", "reverse-diffusion", "euler-maruyama", "ode")

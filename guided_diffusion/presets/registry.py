@@ -1,7 +1,8 @@
 """The closed set of network classes a checkpoint may ask for, by kind name.
 
 Checkpoints store ``kind`` and ``asdict(config)``; only the classes listed here are ever built
-from a file (nothing a file names is imported).
+from a file (nothing a file names is imported). The registry stands above both network packages
+(:mod:`guided_diffusion.nets`, :mod:`classifiers`), so neither needs to know the other.
 """
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from classifiers.encoder import EncoderUNet, EncoderUNetConfig
+from classifiers.timm_classifier import TimmClassifierConfig
 
-from .unet import SuperResUNet, UNet, UNetConfig
+from ..nets.unet import SuperResUNet, UNet, UNetConfig
 
-__all__ = ["NetworkType", "NETWORKS", "network_kind", "config_from_dict", "build_network", "network_spec"]
+__all__ = ["NetworkType", "NETWORKS", "network_kind", "config_from_dict", "build_network", "network_spec",
+           "classifier_config_from_dict"]
 
 
 class NetworkType(NamedTuple):
@@ -45,6 +48,14 @@ def network_kind(model: nn.Module) -> str:
     raise TypeError(f"{type(model).__name__} is not a registered network ({sorted(NETWORKS)})")
 
 
+def _config_of(config_cls: type, config: dict[str, Any]):
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"unknown {config_cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
+    return config_cls(**config)
+
+
 def config_from_dict(kind: str, config: dict[str, Any] | Any):
     """Rebuild the config of a ``kind`` network from its ``asdict`` form, rejecting unknown fields."""
     config_cls = _network_type(kind).config_cls
@@ -53,11 +64,12 @@ def config_from_dict(kind: str, config: dict[str, Any] | Any):
     if not isinstance(config, dict):
         raise TypeError(f"config for a {kind!r} network must be a dict or {config_cls.__name__}, "
                         f"got {type(config).__name__}")
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise ValueError(f"unknown {config_cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
-    return config_cls(**config)
+    return _config_of(config_cls, config)
+
+
+def classifier_config_from_dict(config: dict[str, Any]) -> EncoderUNetConfig | TimmClassifierConfig:
+    """The classifier config stored (as a dict) in a checkpoint: timm configs carry ``model_name``."""
+    return _config_of(TimmClassifierConfig if "model_name" in config else EncoderUNetConfig, config)
 
 
 def build_network(kind: str, config: dict[str, Any] | Any) -> nn.Module:

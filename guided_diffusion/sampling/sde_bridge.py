@@ -18,9 +18,9 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
-from ..sampling.common import Generators, ShapeOrNoise, model_device, randn
-from .models import EpsScoreModel, TimestepMode
-from .samplers import annealed_langevin_sample_progressive, pc_sample_progressive
+from ..sampler_protocol import Generators, ShapeOrNoise, model_device, randn
+from ..sde.models import EpsScoreModel, TimestepMode
+from ..sde.samplers import annealed_langevin_sample_progressive, pc_sample_progressive
 
 
 def _diffusion_sampler(sde_sampler: Callable[..., Iterator[dict]], name: str,
@@ -45,7 +45,7 @@ def _diffusion_sampler(sde_sampler: Callable[..., Iterator[dict]], name: str,
 
     progressive.__name__ = progressive.__qualname__ = f"{name.replace('-', '_')}_diffusion_progressive"
     progressive.__doc__ = (f"The {name} SDE sampler on a DDPM model's VP-SDE view (see "
-                           f":mod:`guided_diffusion.sde.bridge`); extra options go to the SDE sampler.")
+                           f":mod:`guided_diffusion.sampling.sde_bridge`); extra options go to the SDE sampler.")
     return progressive
 
 

@@ -4,7 +4,7 @@ A ``DiffusionModule`` / ``NoisyClassifierModule`` / ``NCSNModule`` checkpoint st
 config and the diffusion config (an NCSN: its noise levels) as plain values in ``hyper_parameters``,
 and the weights under ``model.*`` (plus ``ema.module.*`` for the diffusion model and the NCSN), so
 the files load with ``torch.load(weights_only=True)``.
-Nothing here imports Lightning.
+Nothing here imports Lightning (the files are read as plain dicts).
 """
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from typing import Any, Literal, Mapping
 import torch
 from torch import nn
 
-from ..checkpoints import export_openai_checkpoint
 from ..diffusion import DiffusionConfig, GaussianDiffusion
+from ..presets import classifier_config_from_dict, config_from_dict
 from ..torch_files import load_torch_file
+from .matching import load_strict
+from .openai import export_openai_checkpoint
 
 PathLike = str | os.PathLike
 
@@ -25,8 +27,7 @@ PathLike = str | os.PathLike
 def read_training_checkpoint(path: PathLike, map_location="cpu") -> dict[str, Any]:
     """A Lightning checkpoint of this project, read with ``weights_only=True``."""
     checkpoint = load_torch_file(path, "checkpoint", map_location)
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
-    if not isinstance(hparams, Mapping) or "network" not in hparams or "state_dict" not in checkpoint:
+    if not is_training_checkpoint(checkpoint):
         raise ValueError(f"{str(path)!r} is not a DiffusionModule/NoisyClassifierModule/NCSNModule checkpoint "
                          "(no hyper_parameters['network']); for an OpenAI .pt file use load_openai_checkpoint")
     return checkpoint
@@ -36,11 +37,14 @@ def _submodule_state(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dic
     return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
 
 
+def is_training_checkpoint(content: Any) -> bool:
+    """A Lightning checkpoint of this project: ``state_dict`` and ``hyper_parameters['network']``."""
+    hparams = content.get("hyper_parameters") if isinstance(content, Mapping) else None
+    return isinstance(hparams, Mapping) and "network" in hparams and "state_dict" in content
+
+
 def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{source} does not fit the network its config describes: missing {missing[:10]}, "
-                         f"unexpected {unexpected[:10]}")
+    load_strict(model, state, "the network its config describes", source)
 
 
 def _info(checkpoint: Mapping[str, Any], kind: str, **extra) -> dict[str, Any]:
@@ -64,7 +68,7 @@ def load_diffusion_checkpoint(path: PathLike, *, ema: bool = True, map_location=
         ``network`` and ``diffusion`` (config dicts), ``ema``, ``ema_rate`` and ``null_label`` (the
         label index meaning "no label" for classifier-free guidance, or ``None``).
     """
-    return _diffusion_from_checkpoint(read_training_checkpoint(path, map_location), ema, str(path))
+    return diffusion_from_checkpoint(read_training_checkpoint(path, map_location), ema, str(path))
 
 
 def load_classifier_checkpoint(path: PathLike, *, map_location="cpu"
@@ -74,7 +78,7 @@ def load_classifier_checkpoint(path: PathLike, *, map_location="cpu"
     The classifier is ``classifier(x_t, t) -> logits`` (original integer t), in eval mode. A timm
     trunk's ``pretrained_path`` is not needed (the weights are in the checkpoint).
     """
-    return _classifier_from_checkpoint(read_training_checkpoint(path, map_location), str(path))
+    return classifier_from_checkpoint(read_training_checkpoint(path, map_location), str(path))
 
 
 def load_ncsn_checkpoint(path: PathLike, *, ema: bool = True, map_location="cpu"):
@@ -99,7 +103,6 @@ def _is_ncsn_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
 
 
 def _ncsn_from_checkpoint(checkpoint: Mapping[str, Any], ema: bool, source: str):
-    from ..nets.registry import config_from_dict
     from ..sde.ncsn import NoiseConditionalScoreNetwork, geometric_sigmas
 
     if not _is_ncsn_checkpoint(checkpoint):
@@ -133,8 +136,7 @@ def _is_diffusion_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
             and not _is_ncsn_checkpoint(checkpoint))
 
 
-def _diffusion_from_checkpoint(checkpoint: Mapping[str, Any], ema: bool, source: str):
-    from ..nets.registry import config_from_dict
+def diffusion_from_checkpoint(checkpoint: Mapping[str, Any], ema: bool, source: str):
 
     hparams = checkpoint["hyper_parameters"]
     if _is_ncsn_checkpoint(checkpoint):
@@ -152,8 +154,7 @@ def _diffusion_from_checkpoint(checkpoint: Mapping[str, Any], ema: bool, source:
     return model.eval(), diffusion, info
 
 
-def _classifier_from_checkpoint(checkpoint: Mapping[str, Any], source: str):
-    from classifiers.module import classifier_config_from_dict
+def classifier_from_checkpoint(checkpoint: Mapping[str, Any], source: str):
 
     hparams = checkpoint["hyper_parameters"]
     network = dict(hparams["network"])
@@ -185,9 +186,9 @@ def export(checkpoint: str, output: str, ema: bool = True,
                          "score networks (load it with load_ncsn_checkpoint)")
     is_diffusion = _is_diffusion_checkpoint(loaded)
     if is_diffusion:
-        model, _, info = _diffusion_from_checkpoint(loaded, ema, checkpoint)
+        model, _, info = diffusion_from_checkpoint(loaded, ema, checkpoint)
     else:
-        model, _, info = _classifier_from_checkpoint(loaded, checkpoint)
+        model, _, info = classifier_from_checkpoint(loaded, checkpoint)
     try:
         path = export_openai_checkpoint(model, output, dtype=getattr(torch, dtype))
     except TypeError as err:

@@ -47,9 +47,12 @@ from typing import Literal, Optional, Sequence
 import torch
 from torch import nn
 
-from ..sampling.common import Generators, last, randn
-from ..sampling.guidance import Guidance
-from .sdes import SDE, broadcast
+from ..guidance import Guidance
+from ..sampler_protocol import Generators, last, randn
+from ..sde.samplers import annealed_langevin_sample_progressive, pc_sample_progressive
+from ..sde.sdes import SDE, broadcast
+from .ddim import ddim_invert
+from .samplers import sample, sample_progressive
 
 COLOR_BASIS = torch.tensor([[1 / math.sqrt(3)] * 3,
                             [-2 / math.sqrt(6), 1 / math.sqrt(6), 1 / math.sqrt(6)],
@@ -188,8 +191,6 @@ SDE_SAMPLERS = ("pc", "euler-maruyama", "reverse-diffusion", "annealed-langevin"
 
 
 def _sde_progressive(name: str):
-    from .samplers import annealed_langevin_sample_progressive, pc_sample_progressive
-
     if name not in SDE_SAMPLERS:
         raise ValueError(f"unknown SDE sampler {name!r}; expected one of {', '.join(SDE_SAMPLERS)}")
     if name == "annealed-langevin":
@@ -229,8 +230,6 @@ def controlled_sample_progressive(model, process, condition: Inpainting, shape_o
         del options["steps"]  # the sampler's own default
     if isinstance(process, SDE):
         return _sde_progressive(sampler or "pc")(model, process, shape_or_noise, y=y, guidance=guidances, **options)
-    from ..sampling import sample_progressive
-
     return sample_progressive(model, process, shape_or_noise, sampler=sampler or "ddim", y=y, guidance=guidances,
                               **options)
 
@@ -384,8 +383,6 @@ def interpolate(model, diffusion, x_a: torch.Tensor, x_b: torch.Tensor, weights:
 
     Returns a tensor (len(weights), *x_a.shape).
     """
-    from ..sampling import ddim_invert, sample
-
     if x_a.shape != x_b.shape:
         raise ValueError(f"x_a {tuple(x_a.shape)} and x_b {tuple(x_b.shape)} must have the same shape")
     if encoder not in ("q", "ddim"):

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
-from ..diffusion import GaussianDiffusion
+from .diffusion import GaussianDiffusion
 
 
 class GuidanceScale(float):

@@ -20,11 +20,13 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from ..data.datamodule import ImageDataModule
-from .base import TrainingModule
-from .diffusion_module import DiffusionModule  # noqa: F401  (registers the class for --model DiffusionModule)
-from .ncsn_module import NCSNModule  # noqa: F401  (registers the class for --model NCSNModule)
-from .run_state import SafeCheckpointIO, logged_run_ids, resolve_checkpoint_path
+from classifiers.module import NoisyClassifierModule  # noqa: F401  (registers the class for --model)
+
+from .data.datamodule import ImageDataModule
+from .training.base import TrainingModule
+from .training.diffusion_module import DiffusionModule  # noqa: F401  (registers the class for --model DiffusionModule)
+from .training.ncsn_module import NCSNModule  # noqa: F401  (registers the class for --model NCSNModule)
+from .training.run_state import SafeCheckpointIO, logged_run_ids, resolve_checkpoint_path
 
 
 class SaveConfigToLoggers(SaveConfigCallback):
@@ -40,8 +42,6 @@ class GuidedDiffusionCLI(LightningCLI):
     """LightningCLI for ``DiffusionModule`` / ``NoisyClassifierModule`` / ``NCSNModule`` on ``ImageDataModule``."""
 
     def __init__(self, args=None, run: bool = True, **kwargs):
-        import classifiers.module  # noqa: F401  (registers NoisyClassifierModule)
-
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(model_class=TrainingModule, datamodule_class=ImageDataModule, subclass_mode_model=True,
                          save_config_callback=SaveConfigToLoggers, auto_configure_optimizers=False,

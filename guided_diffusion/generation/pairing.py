@@ -1,0 +1,70 @@
+"""The networks of a sampling run checked against each other, and the guidance they make.
+
+The files are read by :mod:`guided_diffusion.checkpoints` (every kind the project accepts).
+Everything that can be wrong about the pair — a classifier for another image size, class count or
+noise schedule, a guidance the model cannot do — is reported here, before any sampling work starts.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import numpy as np
+from torch import nn
+
+from ..checkpoints import LoadedNetwork
+from ..guidance import ClassifierFreeGuidance, ClassifierGuidance, Guidance, check_scale
+
+GuidanceKind = Literal["auto", "none", "classifier", "classifier-free"]
+
+
+def check_pair(model: LoadedNetwork, classifier: LoadedNetwork) -> None:
+    """The classifier must read the model's x_t: same image size, channels, classes and noise process."""
+    m, c = model.config, classifier.config
+    if (c.image_size, c.in_channels) != (m.image_size, m.in_channels):
+        raise ValueError(f"the classifier takes {c.in_channels}x{c.image_size}x{c.image_size} images but the model "
+                         f"makes {m.in_channels}x{m.image_size}x{m.image_size} ({classifier.source})")
+    if model.num_classes is not None and c.num_classes != model.num_classes:
+        raise ValueError(f"the classifier knows {c.num_classes} classes but the model {model.num_classes}")
+    a, b = model.diffusion, classifier.diffusion
+    if a.num_timesteps != b.num_timesteps or not np.allclose(a.alphas_cumprod, b.alphas_cumprod, rtol=1e-6):
+        raise ValueError(f"the classifier was trained on another noise process ({b.num_timesteps} steps) than the "
+                         f"model ({a.num_timesteps} steps, or a different schedule): its gradients would be wrong")
+
+
+def build_guidance(kind: GuidanceKind, scale: float, model: LoadedNetwork,
+                   classifier: Optional[LoadedNetwork]) -> Optional[Guidance]:
+    """The guidance object of a run; ``auto`` = classifier guidance if a classifier is given, else none."""
+    scale = check_scale(scale)
+    if kind == "auto":
+        kind = "classifier" if classifier is not None else "none"
+    if kind == "classifier":
+        if classifier is None:
+            raise ValueError("classifier guidance needs --classifier PATH")
+        check_pair(model, classifier)
+        return ClassifierGuidance(classifier.network, scale)
+    if classifier is not None:
+        raise ValueError(f"a classifier was given but guidance is {kind!r}")
+    if kind == "classifier-free":
+        if model.null_label is None:
+            raise ValueError("classifier-free guidance needs a model trained with label dropout (no null label "
+                             "in this checkpoint)")
+        return ClassifierFreeGuidance(scale, model.null_label)
+    return None
+
+
+def label_count(model: LoadedNetwork, classifier: Optional[LoadedNetwork]) -> Optional[int]:
+    """How many classes labels range over (the model's, else the guiding classifier's, else none)."""
+    if model.num_classes is not None:
+        return model.num_classes
+    return classifier.num_classes if classifier is not None else None
+
+
+def freeze(network: nn.Module) -> nn.Module:
+    """Sampling never trains: eval mode, no parameter gradients (guidance differentiates w.r.t. x only)."""
+    network.eval()
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    return network
+
+
+__all__ = ["GuidanceKind", "check_pair", "build_guidance", "label_count", "freeze"]

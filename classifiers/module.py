@@ -19,7 +19,7 @@ from torch import nn
 from guided_diffusion.diffusion import DiffusionConfig
 from guided_diffusion.presets import classifier_config_from_dict, get_preset
 from guided_diffusion.training.base import TrainingModule
-from guided_diffusion.training.loss_stats import QuartileMeans, quartile_means, topk_hits
+from guided_diffusion.training.loss_stats import QuartileMeans, topk_hits
 
 from .encoder import EncoderUNetConfig
 from .timm_classifier import TimmClassifierConfig
@@ -114,10 +114,7 @@ class NoisyClassifierModule(TrainingModule):
         t_all, *values_all = self.gather_examples(t, *(stats[name] for name in CLASSIFIER_STATS))
         values_all = dict(zip(CLASSIFIER_STATS, values_all))
         self.check_finite(values_all["loss"])
-        logged = quartile_means(t_all.long(), values_all, self.diffusion.num_timesteps)
-        self.log("train/loss", logged.pop("loss"), prog_bar=True)
-        self.log("train/acc@1", logged.pop("acc@1"), prog_bar=True)
-        self.log_dict({f"train/{name}": value for name, value in logged.items()})
+        self.log_training_losses(t_all.long(), values_all, self.diffusion.num_timesteps, progress_bar=("loss", "acc@1"))
         return losses.mean()
 
     # ------------------------------------------------------------------ evaluation

@@ -121,6 +121,8 @@ def test_explicit_beta_array():
 def test_config_maps_reference_flags_to_typed_options():
     d = DiffusionConfig(steps=1000, noise_schedule="cosine", learn_sigma=True).build()
     assert (d.mean_type, d.var_type, d.loss_type) == ("eps", "learned_range", "mse")
-    d = DiffusionConfig(steps=100, sigma_small=True, use_kl=True, rescale_learned_sigmas=True,
-                        predict_xstart=True, timestep_respacing="10").build()
+    config = DiffusionConfig(steps=100, sigma_small=True, use_kl=True, rescale_learned_sigmas=True,
+                             predict_xstart=True, timestep_respacing="10")
+    d = config.build_for_sampling()
     assert (d.mean_type, d.var_type, d.loss_type, d.num_timesteps) == ("x0", "fixed_small", "rescaled_kl", 10)
+    assert config.build().num_timesteps == 100  # training never respaces

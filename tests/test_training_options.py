@@ -12,7 +12,7 @@ import torch
 from guided_diffusion.diffusion import GaussianDiffusion
 from guided_diffusion.diffusion.weighting import mse_weights, signal_to_noise
 from guided_diffusion.training import EMA, SampleGridCallback
-from guided_diffusion.training.base import build_lr_scheduler
+from guided_diffusion.training.lr_schedule import build_lr_scheduler
 from guided_diffusion.training.ema import ema_decay, power_ema_sigma_rel
 from tests.test_training import tiny_data, tiny_diffusion_module, trainer
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from .noise_levels import DiscreteNoiseLevels
 from .schedules import (
     ScheduleName,
     check_betas,
@@ -92,9 +93,10 @@ class GaussianDiffusion:
         self.alphas_cumprod_prev = ac_prev = np.append(1.0, ac[:-1])
         self.alphas_cumprod_next = np.append(ac[1:], 0.0)
         self.log_betas = np.log(b)
-        self.sqrt_alphas_cumprod = np.sqrt(ac)
+        self.noise_levels = DiscreteNoiseLevels(ac)  # alpha_t, sigma_t, SNR_t, lambda_t of every step
+        self.sqrt_alphas_cumprod = self.noise_levels.alphas
         self.one_minus_alphas_cumprod = 1.0 - ac
-        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - ac)
+        self.sqrt_one_minus_alphas_cumprod = self.noise_levels.sigmas
         self.log_one_minus_alphas_cumprod = np.log(1.0 - ac)
         self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / ac)
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / ac - 1)
@@ -403,7 +405,8 @@ class DiffusionConfig:
         predict_xstart: the network predicts x_0 instead of eps.
         use_kl: train on L_vlb alone instead of L_simple (+ L_vlb when learn_sigma).
         rescale_learned_sigmas: scale the vlb term by T / 1000 (``rescaled_mse``).
-        timestep_respacing: respacing spec applied to the built process ("" = none).
+        timestep_respacing: the sampling respacing of the reference flags ("" = none): applied by
+            :meth:`build_for_sampling`, never by :meth:`build` (training always sees all ``steps``).
     """
 
     steps: int = 1000
@@ -416,6 +419,7 @@ class DiffusionConfig:
     timestep_respacing: str = ""
 
     def build(self) -> GaussianDiffusion:
+        """The process of all ``steps`` timesteps, the one a model is trained with."""
         if self.use_kl:
             loss_type = "rescaled_kl" if self.rescale_learned_sigmas else "kl"
         else:
@@ -424,4 +428,12 @@ class DiffusionConfig:
         diffusion = GaussianDiffusion.from_schedule(
             self.noise_schedule, self.steps, mean_type="x0" if self.predict_xstart else "eps",
             var_type=var_type, loss_type=loss_type)
-        return diffusion.respace(self.timestep_respacing)
+        return diffusion
+
+    def build_for_sampling(self) -> GaussianDiffusion:
+        """The process respaced by ``timestep_respacing`` (the reference's ``create_gaussian_diffusion``).
+
+        The project's samplers take the full process and respace it themselves (``steps=``); this is
+        for code that wants the reference's respaced object.
+        """
+        return self.build().respace(self.timestep_respacing)

@@ -10,6 +10,8 @@ from typing import Callable, Iterable, Literal, Sequence, get_args
 
 import numpy as np
 
+from .noise_levels import DiscreteNoiseLevels
+
 ScheduleName = Literal["linear", "cosine"]
 SCHEDULE_NAMES: tuple[str, ...] = get_args(ScheduleName)
 
@@ -152,7 +154,7 @@ def logsnr_spaced_timesteps(alphas_cumprod: np.ndarray, count: int) -> list[int]
     lambda does not plunge at the end, as the clipped cosine schedule's does).
     """
     _check_count(count, len(alphas_cumprod), f"logsnr{count}")
-    lam = 0.5 * np.log(alphas_cumprod / (1 - alphas_cumprod))  # decreasing in t
+    lam = DiscreteNoiseLevels(alphas_cumprod).log_snrs  # decreasing in t
     targets = np.linspace(lam[0], lam[-1], count)
     return _strictly_increasing(np.searchsorted(-lam, -targets).tolist(), len(alphas_cumprod))
 

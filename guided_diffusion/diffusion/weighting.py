@@ -29,14 +29,15 @@ from typing import Literal
 
 import numpy as np
 
+from .noise_levels import DiscreteNoiseLevels
+
 MseWeighting = Literal["none", "min-snr", "truncated-snr", "p2"]
 WEIGHTINGS: tuple[str, ...] = ("none", "min-snr", "truncated-snr", "p2")
 
 
 def signal_to_noise(alphas_cumprod: np.ndarray) -> np.ndarray:
-    """SNR_t = abar_t / (1 - abar_t) of every timestep."""
-    ac = np.asarray(alphas_cumprod, dtype=np.float64)
-    return ac / (1.0 - ac)
+    """SNR_t = abar_t / (1 - abar_t) of every timestep (:attr:`.noise_levels.DiscreteNoiseLevels.snrs`)."""
+    return DiscreteNoiseLevels(alphas_cumprod).snrs
 
 
 def mse_weights(alphas_cumprod: np.ndarray, weighting: MseWeighting = "none", *, mean_type: str = "eps",

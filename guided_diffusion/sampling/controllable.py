@@ -49,7 +49,7 @@ from torch import nn
 
 from ..guidance import Guidance
 from ..sampler_protocol import Generators, last, randn
-from ..sde.samplers import annealed_langevin_sample_progressive, pc_sample_progressive
+from ..sde.samplers import SCORE_SAMPLERS
 from ..sde.sdes import SDE, broadcast
 from .ddim import ddim_invert
 from .samplers import sample, sample_progressive
@@ -187,22 +187,7 @@ def colorization(grey: torch.Tensor, process, **options) -> Inpainting:
 #: ``guided_diffusion.sampling.SAMPLERS`` (ddpm, ddim, dpm-solver, euler-maruyama, reverse-diffusion, pc,
 #: annealed-langevin). The probability-flow ODE is left out: the fresh noise of every replacement
 #: would make its right-hand side random, which an adaptive solver cannot integrate.
-SDE_SAMPLERS = ("pc", "euler-maruyama", "reverse-diffusion", "annealed-langevin")
-
-
-def _sde_progressive(name: str):
-    if name not in SDE_SAMPLERS:
-        raise ValueError(f"unknown SDE sampler {name!r}; expected one of {', '.join(SDE_SAMPLERS)}")
-    if name == "annealed-langevin":
-        return annealed_langevin_sample_progressive
-    kinds = {"pc": ("reverse_diffusion", "langevin"), "euler-maruyama": ("euler_maruyama", "none"),
-             "reverse-diffusion": ("reverse_diffusion", "none")}
-    predictor, corrector = kinds[name]
-
-    def progressive(*args, **options):
-        return pc_sample_progressive(*args, **{"predictor": predictor, "corrector": corrector, **options})
-
-    return progressive
+SDE_SAMPLERS = tuple(SCORE_SAMPLERS)
 
 
 def _guidance_list(guidance) -> list:
@@ -229,7 +214,10 @@ def controlled_sample_progressive(model, process, condition: Inpainting, shape_o
     if options.get("steps", 0) is None:
         del options["steps"]  # the sampler's own default
     if isinstance(process, SDE):
-        return _sde_progressive(sampler or "pc")(model, process, shape_or_noise, y=y, guidance=guidances, **options)
+        name = sampler or "pc"
+        if name not in SCORE_SAMPLERS:
+            raise ValueError(f"unknown SDE sampler {name!r}; expected one of {', '.join(SDE_SAMPLERS)}")
+        return SCORE_SAMPLERS[name](model, process, shape_or_noise, y=y, guidance=guidances, **options)
     return sample_progressive(model, process, shape_or_noise, sampler=sampler or "ddim", y=y, guidance=guidances,
                               **options)
 

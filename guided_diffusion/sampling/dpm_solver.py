@@ -45,9 +45,8 @@ def dpm_solver_sample_progressive(model: Callable, diffusion: GaussianDiffusion,
                            generator=generator, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
                            model_kwargs=model_kwargs, device=device)
     process = predictor.process
-    abar = process.alphas_cumprod
-    alpha, sigma = abar ** 0.5, (1 - abar) ** 0.5
-    lam = [math.log(a / s) for a, s in zip(alpha, sigma)]
+    levels = process.noise_levels
+    alpha, sigma, lam = levels.alphas, levels.sigmas, levels.log_snrs.tolist()
     previous_x0, previous_h = None, None
     for i in steps_with_progress(range(process.num_timesteps - 1, -1, -1), progress, "dpm-solver++"):
         out = predictor.predict(x, i, "eps")

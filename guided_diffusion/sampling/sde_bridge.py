@@ -20,7 +20,7 @@ import torch
 
 from ..sampler_protocol import Generators, ShapeOrNoise, model_device, randn
 from ..sde.models import EpsScoreModel, TimestepMode
-from ..sde.samplers import annealed_langevin_sample_progressive, pc_sample_progressive
+from ..sde.samplers import SCORE_SAMPLERS
 
 
 def _diffusion_sampler(sde_sampler: Callable[..., Iterator[dict]], name: str,
@@ -50,14 +50,10 @@ def _diffusion_sampler(sde_sampler: Callable[..., Iterator[dict]], name: str,
 
 
 #: name -> progressive sampler with the DDPM signature (registered in ``guided_diffusion.sampling.SAMPLERS``).
+#: (one Langevin step per level for annealed Langevin: the grid is the diffusion's, already fine)
 DIFFUSION_SAMPLERS: dict[str, Callable[..., Iterator[dict]]] = {
-    "euler-maruyama": _diffusion_sampler(pc_sample_progressive, "euler-maruyama",
-                                         predictor="euler_maruyama", corrector="none"),
-    "reverse-diffusion": _diffusion_sampler(pc_sample_progressive, "reverse-diffusion",
-                                            predictor="reverse_diffusion", corrector="none"),
-    "pc": _diffusion_sampler(pc_sample_progressive, "pc", predictor="reverse_diffusion", corrector="langevin"),
-    "annealed-langevin": _diffusion_sampler(annealed_langevin_sample_progressive, "annealed-langevin",
-                                            steps_per_level=1),
+    name: _diffusion_sampler(sampler, name, **({"steps_per_level": 1} if name == "annealed-langevin" else {}))
+    for name, sampler in SCORE_SAMPLERS.items()
 }
 
 __all__ = ["DIFFUSION_SAMPLERS"]

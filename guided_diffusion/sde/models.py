@@ -35,6 +35,7 @@ from typing import Callable, Literal, Optional, Protocol, runtime_checkable
 import torch
 
 from ..sampler_protocol import model_takes_labels
+from ..diffusion.prediction import eps_from_x0, score_from_eps, x0_from_eps, x0_from_score
 from ..guidance import Guidance, as_guidance
 from .sdes import SDE, DiscreteVPSDE, as_time, broadcast
 
@@ -121,14 +122,14 @@ class EpsScoreModel:
         if self.prediction == "x0":
             x0 = out
         elif self.clip_denoised or self.denoised_fn is not None:
-            x0 = (x - sigma * out) / a
+            x0 = x0_from_eps(x, out, a, sigma)
         else:
             return out
         if self.denoised_fn is not None:
             x0 = self.denoised_fn(x0)
         if self.clip_denoised:
             x0 = x0.clamp(-1, 1)
-        return (x - a * x0) / sigma
+        return eps_from_x0(x, x0, a, sigma)
 
     def eps_and_sigma(self, x: torch.Tensor, t: torch.Tensor,
                       y: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +147,7 @@ class EpsScoreModel:
 
     def score(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         eps, sigma = self.eps_and_sigma(x, t, y)
-        return -eps / broadcast(sigma, x)
+        return score_from_eps(eps, broadcast(sigma, x))
 
 
 class _Probe:
@@ -210,7 +211,7 @@ def check_sde(score_model: ScoreModel, sde: Optional[SDE]) -> SDE:
 def tweedie_x0(x: torch.Tensor, score: torch.Tensor, sde: SDE, t: float | torch.Tensor) -> torch.Tensor:
     """E[x_data | x_t = x] = (x + sigma_t^2 score) / a_t."""
     a, sigma = sde.marginal(as_time(t, x.device))
-    return (x + broadcast(sigma ** 2, x) * score) / broadcast(a, x)
+    return x0_from_score(x, score, broadcast(a, x), broadcast(sigma ** 2, x))
 
 
 __all__ = ["ScoreModel", "EpsScoreModel", "GuidedScore", "TimestepMode", "Prediction", "check_sde", "tweedie_x0"]

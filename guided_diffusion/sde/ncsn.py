@@ -43,6 +43,7 @@ import torch
 from scipy import optimize, stats
 from torch import nn
 
+from ..diffusion.prediction import score_from_eps
 from ..sampler_protocol import Generators, randn
 from .models import EpsScoreModel
 from .sdes import VESDE, as_time, broadcast
@@ -236,7 +237,7 @@ class NoiseConditionalScoreNetwork(nn.Module):
                     y: Optional[torch.Tensor] = None) -> torch.Tensor:
         """s_theta(x, sigma) = -eps(x, c_noise(sigma)) / sigma (sigma a number or (B,))."""
         sigma = as_time(sigma, x.device)
-        return -self(x, self.c_noise(sigma), y) / broadcast(sigma, x)
+        return score_from_eps(self(x, self.c_noise(sigma), y), broadcast(sigma, x))
 
     def score_model(self) -> EpsScoreModel:
         """The view the SDE samplers take: score(x, t) = s_theta(x, sigma(t)) on the VE SDE."""

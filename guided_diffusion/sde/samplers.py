@@ -29,7 +29,7 @@ step, ``denoise`` replaces x by Tweedie's E[x_0 | x_eps] = (x + sigma^2 score) /
 from __future__ import annotations
 
 import math
-from typing import Iterator, Literal, Optional, Sequence
+from typing import Callable, Iterator, Literal, Optional, Sequence
 
 import torch
 
@@ -264,8 +264,18 @@ def annealed_langevin_sample(score_model, sde, shape_or_noise, **options) -> tor
     return last(annealed_langevin_sample_progressive(score_model, sde, shape_or_noise, **options))
 
 
+#: The samplers of a score model by name, signature ``(score_model, sde, shape | x_T, **options)``. The
+#: probability-flow ODE (:mod:`.ode`) is separate: it is deterministic and adaptive.
+SCORE_SAMPLERS: dict[str, Callable[..., Iterator[dict]]] = {
+    "pc": pc_sample_progressive,  # reverse-diffusion predictor + Langevin corrector
+    "euler-maruyama": euler_maruyama_sample_progressive,
+    "reverse-diffusion": reverse_diffusion_sample_progressive,
+    "annealed-langevin": annealed_langevin_sample_progressive,
+}
+
+
 __all__ = [
-    "Predictor", "Corrector", "NormKind", "time_grid", "check_snr", "langevin_step", "predictor_step",
+    "SCORE_SAMPLERS", "Predictor", "Corrector", "NormKind", "time_grid", "check_snr", "langevin_step", "predictor_step",
     "pc_sample", "pc_sample_progressive", "euler_maruyama_sample", "euler_maruyama_sample_progressive",
     "reverse_diffusion_sample", "reverse_diffusion_sample_progressive",
     "annealed_langevin_sample", "annealed_langevin_sample_progressive",

@@ -34,13 +34,14 @@ classifier for guidance sees the same t_model as the network it guides.
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Literal, Optional, Sequence, get_args
 
 import numpy as np
 import torch
 
+from ..diffusion.noise_levels import NoiseLevels
 from ..sampler_protocol import randn
 
 SDEName = Literal["ve", "vp", "subvp"]
@@ -80,11 +81,12 @@ def _check_n(n: int) -> None:
         raise ValueError(f"N (the number of model timesteps) must be an integer >= 2, got {n!r}")
 
 
-class SDE(ABC):
+class SDE(NoiseLevels):
     """A linear SDE dx = f(t) x dt + g(t) dw on t in [0, 1] with its closed-form marginals.
 
     Subclasses define ``log_mean_coeff`` (log a_t), ``sigma`` (sigma_t), ``drift_coeff`` (f) and
-    ``diffusion`` (g); the rest follows. Times may be Python floats or tensors of shape (B,).
+    ``diffusion`` (g); the rest follows, including the :class:`~guided_diffusion.diffusion.noise_levels.NoiseLevels`
+    view (``alpha``, ``snr``, ``log_snr`` at continuous t). Times may be Python floats or tensors of shape (B,).
     """
 
     #: Number of model timesteps: networks see t_model = (N - 1) t.

@@ -19,7 +19,7 @@ _LAZY = {
     "DiffusionModule": "diffusion_module",
     "resolve_diffusion_network": "diffusion_module",
     "TrainingModule": "base",
-    "build_lr_scheduler": "base",
+    "build_lr_scheduler": "lr_schedule",
     "EMA": "ema",
     "QuartileMeans": "loss_stats",
     "quartile_means": "loss_stats",

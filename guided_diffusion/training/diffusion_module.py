@@ -21,7 +21,7 @@ from ..nets import UNetConfig
 from ..presets import config_from_dict, get_preset
 from .base import LrSchedule, TrainingModule
 from .ema import EMA, EmaSchedule
-from .loss_stats import QuartileMeans, quartile_means
+from .loss_stats import QuartileMeans
 
 
 def resolve_diffusion_network(network: UNetConfig | str | dict, diffusion: DiffusionConfig | dict | None,
@@ -78,7 +78,7 @@ class DiffusionModule(TrainingModule):
         lr_warmup_steps: linear LR warm-up steps (0 = none).
         lr_anneal_steps: decay the LR to 0 at this step (0 = constant, as ADM).
         lr_schedule: shape of that decay: ``"linear"`` (guided-diffusion's ``lr_anneal_steps``) or
-            ``"cosine"`` (see :func:`~guided_diffusion.training.base.build_lr_scheduler`).
+            ``"cosine"`` (see :func:`~guided_diffusion.training.lr_schedule.build_lr_scheduler`).
         ema_rate: EMA rate of the weights used for validation and sampling (ADM: 0.9999).
         ema_warmup: EMA warm-up of the ``"rate"`` schedule, decay_n = min(ema_rate, (1 + n) / (10 + n)).
         ema_schedule: ``"rate"`` (ADM: ``ema_rate``, with ``ema_warmup``) or ``"power"`` (EDM2's
@@ -176,9 +176,7 @@ class DiffusionModule(TrainingModule):
         t_all, values_all = t_all.long(), dict(zip(self.loss_terms, values_all))
         self.timestep_sampler.update_with_all_losses(t_all, values_all["loss"])
         self.check_finite(values_all["loss"])
-        stats = quartile_means(t_all, values_all, self.diffusion.num_timesteps)
-        self.log("train/loss", stats.pop("loss"), prog_bar=True)
-        self.log_dict({f"train/{name}": value for name, value in stats.items()})
+        self.log_training_losses(t_all, values_all, self.diffusion.num_timesteps)
         return loss
 
     def on_weights_updated(self) -> None:

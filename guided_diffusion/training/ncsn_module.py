@@ -54,7 +54,7 @@ from ..sde.ncsn import (
 from .base import TrainingModule
 from .diffusion_module import to_uint8_nhwc
 from .ema import EMA
-from .loss_stats import QuartileMeans, quartile_means
+from .loss_stats import QuartileMeans
 
 NCSNSampler = Literal["annealed-langevin", "pc", "reverse-diffusion", "euler-maruyama", "ode"]
 NCSN_SAMPLERS = ("annealed-langevin", "pc", "reverse-diffusion", "euler-maruyama", "ode")
@@ -256,9 +256,7 @@ class NCSNModule(TrainingModule):
         loss = out["loss"].mean()
         t_all, loss_all = self.gather_examples(self.network_timesteps(out["sigma_index"]), out["loss"])
         self.check_finite(loss_all)
-        stats = quartile_means(t_all.long(), {"loss": loss_all}, self.num_scales)
-        self.log("train/loss", stats.pop("loss"), prog_bar=True)
-        self.log_dict({f"train/{name}": value for name, value in stats.items()})
+        self.log_training_losses(t_all.long(), {"loss": loss_all}, self.num_scales)
         return loss
 
     def on_weights_updated(self) -> None:

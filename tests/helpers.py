@@ -21,6 +21,8 @@ import torch
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PARITY_FIXTURE = FIXTURES / "adm_parity_small.pt"
 OPENAI_KEYS = FIXTURES / "openai_keys"
+IMPROVED_KEYS = FIXTURES / "improved_diffusion_keys"
+IMPROVED_PARITY_FIXTURE = FIXTURES / "improved_parity_small.pt"
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,21 +51,24 @@ def reference_state_dict(keys: Mapping[str, Sequence[int]]) -> dict[str, torch.T
     return {name: reference_tensor(name, shape) for name, shape in keys.items()}
 
 
-def openai_key_list(config_name: str) -> tuple[dict[str, str], dict[str, tuple[tuple[int, ...], int]]]:
-    """Parse ``fixtures/openai_keys/keys_<config_name>.txt``.
+def openai_key_list(config_name: str, directory: Path = OPENAI_KEYS
+                    ) -> tuple[dict[str, str], dict[str, tuple[tuple[int, ...], int]]]:
+    """Parse ``fixtures/openai_keys/keys_<config_name>.txt`` (or the same format in ``directory``).
 
     Returns ``(header, keys)``: header has ``class``, ``flags``, ``tensors``, ``elements``; keys maps
     each state-dict key to ``(shape, numel)`` in file order.
     """
     header: dict[str, str] = {}
     keys: dict[str, tuple[tuple[int, ...], int]] = {}
-    for line in (OPENAI_KEYS / f"keys_{config_name}.txt").read_text().splitlines():
+    for line in (directory / f"keys_{config_name}.txt").read_text().splitlines():
         if line.startswith("# flags:"):
             header["flags"] = line.split(":", 1)[1].strip()
         elif match := re.match(r"# (\w+)\s+config=(\S+)", line):
             header["class"], header["config"] = match.groups()
-        elif match := re.match(r"# (\d+) tensors, (\d+) elements", line):
+        elif match := re.match(r"# (\d+) tensors, (\d+) (?:elements|parameters)", line):
             header["tensors"], header["elements"] = match.groups()
+        elif line.startswith("#"):
+            continue
         elif line.strip():
             name, shape, numel = line.split("\t")
             keys[name] = (tuple(int(s) for s in re.findall(r"\d+", shape)), int(numel))

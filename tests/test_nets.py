@@ -266,7 +266,8 @@ def test_presets_api():
     assert preset.sampling.classifier == "64_classifier" and preset.checkpoint == "64x64_diffusion.pt"
     preset.config.model_channels = 1  # a copy: the registry is unchanged
     assert get_preset("64_cond").config.model_channels == 192
-    assert set(list_presets(kind="superres_unet")) == {"64_256_upsampler", "128_512_upsampler"}
+    assert set(list_presets(kind="superres_unet")) == {"64_256_upsampler", "128_512_upsampler",
+                                                       "improved_upsample_64_256"}
 
 
 def test_small_presets_are_small_and_run():

@@ -8,6 +8,7 @@ lists the missing, unexpected and mis-shaped keys and names the preset that woul
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -46,15 +47,35 @@ def load_state_dict_file(path: PathLike, map_location="cpu") -> dict[str, torch.
     return dict(state)
 
 
+def _settings(preset: Preset) -> dict[str, Any]:
+    """What decides how a loaded network samples: its config (dropout aside) and its diffusion."""
+    network = {f"network.{k}": v for k, v in dataclasses.asdict(preset.config).items() if k != "dropout"}
+    return {**network, **{f"diffusion.{k}": v for k, v in dataclasses.asdict(preset.diffusion).items()}}
+
+
+def _differing_settings(names: list[str]) -> list[str]:
+    settings = [_settings(get_preset(name)) for name in names]
+    return sorted(k for k in settings[0] if any(s[k] != settings[0][k] for s in settings[1:]))
+
+
 def openai_network(state_dict: Mapping[str, torch.Tensor], preset: str | Preset | None,
                    source: str) -> tuple[nn.Module, Preset]:
-    """The preset network (``None``: the one whose keys and shapes fit) with ``state_dict`` loaded strictly."""
+    """The preset network (``None``: the one whose keys and shapes fit) with ``state_dict`` loaded strictly.
+
+    Several presets may share a key layout (an L_hybrid and an L_vlb model, LSUN categories): when
+    they also share every setting that matters for sampling, the first is taken; otherwise the choice
+    is the user's, and the error names the presets and the settings in which they differ.
+    """
     if preset is None:
         fitting = find_matching_presets(state_dict)
         if not fitting:
             closest = closest_preset(state_dict)
             raise CheckpointMismatchError(mismatch_report(f"any preset (closest: {closest!r})",
                                                           preset_shapes(closest), state_dict, source))
+        differing = _differing_settings(fitting)
+        if differing:
+            raise ValueError(f"{source} fits presets {', '.join(fitting)}, which differ in {', '.join(differing)}: "
+                             "name one (preset=... / --preset)")
         preset = fitting[0]
     if isinstance(preset, str):
         preset = get_preset(preset)

@@ -70,17 +70,24 @@ class GaussianDiffusion:
         loss_type: which training objective :meth:`training_losses` computes.
         timestep_map: for a respaced process, the original timestep of each of its steps. The
             model is always called with ``timestep_map[t]``. ``None`` means the identity.
+        rescale_timesteps: the network sees the float ``timestep_map[t] * 1000 / T_orig`` instead
+            (improved-diffusion's default: every model of that repository was trained so).
+        original_num_timesteps: T_orig, the steps of the process the model was trained with
+            (default: this process's own; respacing keeps it).
     """
 
     def __init__(self, betas: Sequence[float] | np.ndarray, *, mean_type: MeanType = "eps",
                  var_type: VarType = "fixed_large", loss_type: LossType = "mse",
-                 timestep_map: Optional[Sequence[int]] = None):
+                 timestep_map: Optional[Sequence[int]] = None, rescale_timesteps: bool = False,
+                 original_num_timesteps: Optional[int] = None):
         _check_choice("mean_type", mean_type, MeanType)
         _check_choice("var_type", var_type, VarType)
         _check_choice("loss_type", loss_type, LossType)
         self.mean_type, self.var_type, self.loss_type = mean_type, var_type, loss_type
         self.betas = check_betas(betas)
         self.num_timesteps = T = len(self.betas)
+        self.rescale_timesteps = bool(rescale_timesteps)
+        self.original_num_timesteps = int(original_num_timesteps or T)
         if timestep_map is None:
             timestep_map = range(T)
         self.timestep_map = torch.as_tensor(list(timestep_map), dtype=torch.long)
@@ -144,11 +151,14 @@ class GaussianDiffusion:
             raise ValueError(f"kept steps must be a non-empty subset of [0, {self.num_timesteps - 1}]")
         return GaussianDiffusion(respaced_betas(self.alphas_cumprod, kept), mean_type=self.mean_type,
                                  var_type=self.var_type, loss_type=self.loss_type,
-                                 timestep_map=self.timestep_map[kept].tolist())
+                                 timestep_map=self.timestep_map[kept].tolist(),
+                                 rescale_timesteps=self.rescale_timesteps,
+                                 original_num_timesteps=self.original_num_timesteps)
 
     def __repr__(self) -> str:
+        rescaled = f", rescale_timesteps=True (T_orig={self.original_num_timesteps})" if self.rescale_timesteps else ""
         return (f"GaussianDiffusion(T={self.num_timesteps}, mean_type={self.mean_type!r}, "
-                f"var_type={self.var_type!r}, loss_type={self.loss_type!r}, "
+                f"var_type={self.var_type!r}, loss_type={self.loss_type!r}{rescaled}, "
                 f"respaced={not torch.equal(self.timestep_map, torch.arange(self.num_timesteps))})")
 
     @property
@@ -178,9 +188,16 @@ class GaussianDiffusion:
             bad = t[(t < 0) | (t >= self.num_timesteps)]
             raise ValueError(f"timestep {int(bad[0])} is out of range [0, {self.num_timesteps - 1}]")
 
+    @property
+    def timestep_scale(self) -> Optional[float]:
+        """1000 / T_orig when the network sees rescaled timesteps, else None."""
+        return 1000.0 / self.original_num_timesteps if self.rescale_timesteps else None
+
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
-        """The original timesteps the network (and a classifier) must see for this process's t."""
-        return self._buffer("timestep_map", t.device)[t]
+        """The timesteps the network (and a classifier) must see for this process's t: the original
+        ones, as float ``original * 1000 / T_orig`` with ``rescale_timesteps`` (as improved-diffusion)."""
+        original = self._buffer("timestep_map", t.device)[t]
+        return original.float() * self.timestep_scale if self.rescale_timesteps else original
 
     def call_model(self, model: Callable, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None,
                    model_kwargs: Optional[dict] = None) -> torch.Tensor:
@@ -403,8 +420,10 @@ class DiffusionConfig:
         learn_sigma: the network outputs a variance interpolation v (var_type ``learned_range``).
         sigma_small: with a fixed variance, use beta~_t instead of beta_t.
         predict_xstart: the network predicts x_0 instead of eps.
-        use_kl: train on L_vlb alone instead of L_simple (+ L_vlb when learn_sigma).
-        rescale_learned_sigmas: scale the vlb term by T / 1000 (``rescaled_mse``).
+        use_kl: train on L_vlb alone, rescaled by T (``rescaled_kl``: what both reference repositories
+            build whenever ``use_kl`` is set, whatever ``rescale_learned_sigmas`` says).
+        rescale_learned_sigmas: scale the vlb term of the hybrid loss by T / 1000 (``rescaled_mse``).
+        rescale_timesteps: the network sees ``t * 1000 / steps`` as a float (improved-diffusion's default).
         timestep_respacing: the sampling respacing of the reference flags ("" = none): applied by
             :meth:`build_for_sampling`, never by :meth:`build` (training always sees all ``steps``).
     """
@@ -416,18 +435,19 @@ class DiffusionConfig:
     predict_xstart: bool = False
     use_kl: bool = False
     rescale_learned_sigmas: bool = False
+    rescale_timesteps: bool = False
     timestep_respacing: str = ""
 
     def build(self) -> GaussianDiffusion:
         """The process of all ``steps`` timesteps, the one a model is trained with."""
         if self.use_kl:
-            loss_type = "rescaled_kl" if self.rescale_learned_sigmas else "kl"
+            loss_type = "rescaled_kl"
         else:
             loss_type = "rescaled_mse" if self.rescale_learned_sigmas else "mse"
         var_type = "learned_range" if self.learn_sigma else ("fixed_small" if self.sigma_small else "fixed_large")
         diffusion = GaussianDiffusion.from_schedule(
             self.noise_schedule, self.steps, mean_type="x0" if self.predict_xstart else "eps",
-            var_type=var_type, loss_type=loss_type)
+            var_type=var_type, loss_type=loss_type, rescale_timesteps=self.rescale_timesteps)
         return diffusion
 
     def build_for_sampling(self) -> GaussianDiffusion:

@@ -163,6 +163,56 @@ _LSUN = [
 ]
 
 # ----------------------------------------------------------------------------------------------
+# Released improved-diffusion models (Nichol & Dhariwal 2021; openai/improved-diffusion 1bc7bbb, whose
+# defaults differ: legacy 4-head attention at 16 and 8, no resblock_updown, rescaled timesteps and
+# learned sigmas unless the flags say otherwise). Key lists: tests/fixtures/improved_diffusion_keys.
+
+
+def _improved_unet(image_size, channels, num_res_blocks, **kwargs) -> UNetConfig:
+    return UNetConfig(**{**dict(image_size=image_size, model_channels=channels, num_res_blocks=num_res_blocks,
+                                num_heads=4, attention_resolutions=(16, 8), learn_sigma=True,
+                                use_scale_shift_norm=True, resblock_updown=False), **kwargs})
+
+
+def _improved(name, config, diffusion, description, checkpoint, kind="unet") -> Preset:
+    return Preset(name, kind, config, diffusion, description, checkpoint, SamplingSettings("250"))
+
+
+_IMPROVED_RESCALED = dict(learn_sigma=True, rescale_learned_sigmas=True, rescale_timesteps=True)
+_IMPROVED_CIFAR = _improved_unet(32, 128, 3, dropout=0.3)
+_IMPROVED_IN64 = _improved_unet(64, 128, 3)
+_IMPROVED_LSUN = _improved_unet(256, 128, 2, num_heads=1, use_scale_shift_norm=False, attention_resolutions=(16,))
+_IMPROVED_LSUN_DIFFUSION = DiffusionConfig(steps=1000, noise_schedule="linear", learn_sigma=True)
+
+_IMPROVED = [
+    _improved("improved_cifar10_uncond", _IMPROVED_CIFAR,
+              DiffusionConfig(steps=4000, noise_schedule="cosine", **_IMPROVED_RESCALED),
+              "improved DDPM CIFAR-10 32x32, unconditional, L_hybrid", "cifar10_uncond_50M_500K.pt"),
+    _improved("improved_cifar10_uncond_vlb", _IMPROVED_CIFAR,
+              DiffusionConfig(steps=4000, noise_schedule="cosine", use_kl=True, **_IMPROVED_RESCALED),
+              "improved DDPM CIFAR-10 32x32, unconditional, L_vlb", "cifar10_uncond_vlb_50M_500K.pt"),
+    _improved("improved_imagenet64_cond", _improved_unet(64, 192, 3, num_classes=IMAGENET_CLASSES),
+              DiffusionConfig(steps=4000, noise_schedule="cosine", learn_sigma=True),
+              "improved DDPM ImageNet 64x64, class-conditional (270M)", "imagenet64_cond_270M_250K.pt"),
+    _improved("improved_imagenet64_uncond", _IMPROVED_IN64,
+              DiffusionConfig(steps=4000, noise_schedule="cosine", **_IMPROVED_RESCALED),
+              "improved DDPM ImageNet 64x64, unconditional, L_hybrid (100M)", "imagenet64_uncond_100M_1500K.pt"),
+    _improved("improved_imagenet64_uncond_vlb", _IMPROVED_IN64,
+              DiffusionConfig(steps=4000, noise_schedule="cosine", use_kl=True, **_IMPROVED_RESCALED),
+              "improved DDPM ImageNet 64x64, unconditional, L_vlb (100M)", "imagenet64_uncond_vlb_100M_1500K.pt"),
+    _improved("improved_lsun_bedroom_bs128", _IMPROVED_LSUN, _IMPROVED_LSUN_DIFFUSION,
+              "improved DDPM LSUN bedroom 256x256, batch 128, 1.2M steps", "lsun_uncond_100M_1200K_bs128.pt"),
+    _improved("improved_lsun_bedroom_bs64", _IMPROVED_LSUN, _IMPROVED_LSUN_DIFFUSION,
+              "improved DDPM LSUN bedroom 256x256, batch 64, 2.4M steps", "lsun_uncond_100M_2400K_bs64.pt"),
+    _improved("improved_upsample_64_256",
+              _improved_unet(256, 192, 2, low_res_size=64, channel_mult=(1, 1, 2, 2, 4, 4),
+                             num_classes=IMAGENET_CLASSES),
+              DiffusionConfig(steps=4000, noise_schedule="linear", learn_sigma=True),
+              "improved DDPM ImageNet upsampler 64 -> 256, class-conditional", "upsample_cond_500K.pt",
+              kind="superres_unet"),
+]
+
+# ----------------------------------------------------------------------------------------------
 # The paper's training runs (Dhariwal & Nichol 2021, appendix hyper-parameter tables): same
 # architectures as the released models, plus the optimisation settings.
 
@@ -214,7 +264,7 @@ _SMALL = [
 ]
 
 #: name -> preset. Treat as read-only; :func:`get_preset` returns copies.
-PRESETS: dict[str, Preset] = {p.name: p for p in _RELEASED + _LSUN + _PAPER_RUNS + _SMALL}
+PRESETS: dict[str, Preset] = {p.name: p for p in _RELEASED + _LSUN + _IMPROVED + _PAPER_RUNS + _SMALL}
 
 
 def list_presets(kind: str | None = None, released_only: bool = False) -> list[str]:

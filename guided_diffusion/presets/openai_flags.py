@@ -1,9 +1,14 @@
-"""guided-diffusion's command-line flags (``MODEL_FLAGS``, ``CLASSIFIER_FLAGS``, ``DIFFUSION_FLAGS``
-of the reference README) read into this project's network and diffusion configs.
+"""The reference repositories' command-line flags (``MODEL_FLAGS``, ``CLASSIFIER_FLAGS``,
+``DIFFUSION_FLAGS`` of their READMEs) read into this project's network and diffusion configs.
+
+The two repositories share flag names but not defaults: improved-diffusion (1bc7bbb) rescales
+timesteps and learned sigmas by default and has no ``resblock_updown`` / ``num_head_channels`` /
+new attention order (its attention is the legacy QKV order).
 """
 from __future__ import annotations
 
 import shlex
+from typing import Literal
 
 from classifiers.encoder import EncoderUNetConfig
 
@@ -11,7 +16,9 @@ from ..diffusion import DiffusionConfig
 from ..nets.unet import UNetConfig
 from .catalog import IMAGENET_CLASSES
 
-__all__ = ["config_from_openai_flags"]
+__all__ = ["Repository", "config_from_openai_flags"]
+
+Repository = Literal["guided-diffusion", "improved-diffusion"]
 
 
 _MODEL_DEFAULTS = dict(  # guided-diffusion model_and_diffusion_defaults()
@@ -26,6 +33,12 @@ _CLASSIFIER_DEFAULTS = dict(  # guided-diffusion classifier_defaults()
 _DIFFUSION_DEFAULTS = dict(learn_sigma=False, diffusion_steps=1000, noise_schedule="linear", timestep_respacing="",
                            use_kl=False, predict_xstart=False, rescale_timesteps=False, rescale_learned_sigmas=False,
                            sigma_small=False)
+_IMPROVED_MODEL_DEFAULTS = dict(  # improved-diffusion model_and_diffusion_defaults() / sr_model_...()
+    image_size=64, num_channels=128, num_res_blocks=2, num_heads=4, num_heads_upsample=-1,
+    attention_resolutions="16,8", dropout=0.0, class_cond=False, use_checkpoint=False, use_scale_shift_norm=True,
+    large_size=None, small_size=None)
+_IMPROVED_DIFFUSION_DEFAULTS = {**_DIFFUSION_DEFAULTS, "rescale_timesteps": True, "rescale_learned_sigmas": True}
+_IMPROVED_FIXED = dict(num_head_channels=-1, channel_mult="", resblock_updown=False, use_new_attention_order=False)
 _SR_CHANNEL_MULT = {512: (1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
 
 
@@ -45,14 +58,18 @@ def _numbers(text: str) -> tuple:
     return tuple(int(float(v)) if float(v).is_integer() else float(v) for v in text.split(",") if v.strip())
 
 
-def config_from_openai_flags(flags: str, kind: str | None = None, num_classes: int = IMAGENET_CLASSES
+def config_from_openai_flags(flags: str, kind: str | None = None, num_classes: int = IMAGENET_CLASSES,
+                             repo: Repository = "guided-diffusion"
                              ) -> tuple[str, UNetConfig | EncoderUNetConfig, DiffusionConfig]:
-    """Translate guided-diffusion command-line flags into ``(kind, config, diffusion settings)``.
+    """Translate a reference repository's command-line flags into ``(kind, config, diffusion settings)``.
 
     ``kind`` is inferred when omitted: ``classifier_*`` flags mean a classifier, ``large_size`` an
     upsampler. ``use_fp16``/``use_checkpoint`` are ignored (we use autocast; checkpointing is a
-    runtime choice). ``num_classes`` replaces the reference's hard-coded 1000.
+    runtime choice). ``num_classes`` replaces the reference's hard-coded 1000. ``repo`` says whose
+    defaults the unnamed flags take.
     """
+    if repo not in ("guided-diffusion", "improved-diffusion"):
+        raise ValueError(f"unknown repo {repo!r}; expected 'guided-diffusion' or 'improved-diffusion'")
     tokens = shlex.split(flags)
     values: dict[str, str] = {}
     for key, value in zip(tokens[::2], tokens[1::2]):
@@ -64,18 +81,23 @@ def config_from_openai_flags(flags: str, kind: str | None = None, num_classes: i
     if kind is None:
         kind = ("encoder_unet" if any(k.startswith("classifier_") for k in values)
                 else "superres_unet" if "large_size" in values else "unet")
-    defaults = {**(_CLASSIFIER_DEFAULTS if kind == "encoder_unet" else _MODEL_DEFAULTS), **_DIFFUSION_DEFAULTS}
+    if repo == "improved-diffusion":
+        if kind == "encoder_unet":
+            raise ValueError("improved-diffusion has no classifiers (classifier_* flags are guided-diffusion's)")
+        defaults = {**_IMPROVED_MODEL_DEFAULTS, **_IMPROVED_DIFFUSION_DEFAULTS}
+    else:
+        defaults = {**(_CLASSIFIER_DEFAULTS if kind == "encoder_unet" else _MODEL_DEFAULTS), **_DIFFUSION_DEFAULTS}
     unknown = sorted(set(values) - set(defaults))
     if unknown:
-        raise ValueError(f"unknown flag(s) for a {kind} model: {unknown}")
+        raise ValueError(f"unknown flag(s) for a {repo} {kind} model: {unknown}")
     args = {**defaults, **{k: _parse_value(v, defaults[k]) for k, v in values.items()}}
-    if args["rescale_timesteps"]:
-        # the network would see t * 1000 / T; our models always take the original integer t
-        raise ValueError("--rescale_timesteps True is not supported (the networks take original timesteps)")
+    if repo == "improved-diffusion":
+        args.update(_IMPROVED_FIXED)
     diffusion = DiffusionConfig(
         steps=args["diffusion_steps"], noise_schedule=args["noise_schedule"], learn_sigma=args["learn_sigma"],
         sigma_small=args["sigma_small"], predict_xstart=args["predict_xstart"], use_kl=args["use_kl"],
-        rescale_learned_sigmas=args["rescale_learned_sigmas"], timestep_respacing=args["timestep_respacing"])
+        rescale_learned_sigmas=args["rescale_learned_sigmas"], rescale_timesteps=args["rescale_timesteps"],
+        timestep_respacing=args["timestep_respacing"])
 
     if kind == "encoder_unet":
         config = EncoderUNetConfig(

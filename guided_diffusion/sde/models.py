@@ -56,6 +56,24 @@ class ScoreModel(Protocol):
         """The timestep a noise-aware classifier (and the network) sees at SDE time t."""
 
 
+class RescaledTimestepNetwork:
+    """``network(x, t.float() * scale, ...)`` behind the original-timestep signature ``(x, t, y=None)``.
+
+    For networks trained with ``rescale_timesteps`` (improved-diffusion: scale = 1000 / T). A
+    noise-aware classifier used for guidance still sees the original timesteps on the SDE path.
+    """
+
+    def __init__(self, network: Callable, scale: float):
+        self.network, self.scale = network, float(scale)
+        self.num_classes = getattr(network, "num_classes", None)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.network(x, t.float() * self.scale, **kwargs)
+
+    def parameters(self):
+        return self.network.parameters()
+
+
 @dataclass
 class EpsScoreModel:
     """score(x, t) = -eps(x, t_model) / sigma for a network ``network(x_t, t_model, y=None)``.
@@ -96,6 +114,8 @@ class EpsScoreModel:
         if diffusion.mean_type == "x_prev":
             raise ValueError("a model predicting x_{t-1} (mean_type 'x_prev') has no score form; use eps or x0")
         prediction = "x0" if diffusion.mean_type == "x0" else "eps"
+        if diffusion.rescale_timesteps:  # the network was trained on t * 1000 / T (improved-diffusion)
+            model = RescaledTimestepNetwork(model, diffusion.timestep_scale)
         return cls(model, DiscreteVPSDE.from_diffusion(diffusion), prediction=prediction, timesteps=timesteps,
                    **options)
 

@@ -79,6 +79,7 @@ def _load(checkpoint: str | os.PathLike, role: NetworkRole, preset: Optional[str
     if kind == "lightning":
         if role == "diffusion model":
             network, diffusion, info = diffusion_from_checkpoint(content, ema, os.fspath(checkpoint))
+            _check_role(network, network_kind(network), role, name)
             weights = "EMA" if ema else "raw"
             return LoadedNetwork(network, diffusion, f"{checkpoint} (step {info['global_step']}, {weights} weights)",
                                  info["null_label"])

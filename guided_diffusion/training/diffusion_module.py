@@ -13,6 +13,7 @@ import dataclasses
 from typing import Literal, Optional
 
 import torch
+import torch.nn.functional as F
 
 from ..diffusion import DiffusionConfig, create_timestep_sampler
 from ..diffusion.weighting import MseWeighting, mse_weights
@@ -30,15 +31,17 @@ def resolve_diffusion_network(network: UNetConfig | str | dict, diffusion: Diffu
     default_diffusion = None
     if isinstance(network, str):
         preset = get_preset(network)
-        if preset.kind != "unet":
-            raise ValueError(f"preset {network!r} is a {preset.kind!r} network; DiffusionModule trains 'unet' presets")
+        if preset.kind not in ("unet", "superres_unet"):
+            raise ValueError(f"preset {network!r} is a {preset.kind!r} network; DiffusionModule trains 'unet' and "
+                             "'superres_unet' presets")
         network, default_diffusion = preset.config, preset.diffusion
     elif isinstance(network, dict):
         network = config_from_dict("unet", network)
     if not isinstance(network, UNetConfig):
         raise TypeError(f"network must be a UNetConfig, its dict form or a preset name, got {type(network).__name__}")
-    if network.is_super_resolution:
-        raise ValueError("DiffusionModule trains base models: super-resolution (low_res_size) is not supported")
+    if network.is_super_resolution and network.low_res_size >= network.image_size:
+        raise ValueError(f"a super-resolution network upsamples: low_res_size {network.low_res_size} must be below "
+                         f"image_size {network.image_size}")
     if isinstance(diffusion, dict):
         diffusion = DiffusionConfig(**diffusion)
     diffusion = diffusion or default_diffusion or DiffusionConfig(learn_sigma=network.learn_sigma)
@@ -163,13 +166,21 @@ class DiffusionModule(TrainingModule):
             y = torch.where(dropped, torch.full_like(y, self.config.num_classes), y)
         return y
 
+    def low_res_input(self, x: torch.Tensor) -> Optional[dict]:
+        """``{"low_res": x area-downsampled to low_res_size}`` for a super-resolution model (as guided-diffusion's
+        ``super_res_train.py``), else None."""
+        if not self.config.is_super_resolution:
+            return None
+        size = self.config.low_res_size
+        return {"low_res": F.interpolate(x, size=(size, size), mode="area")}
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         t, weights = self.timestep_sampler.sample(x.shape[0], x.device, generator=self.generator(torch.device("cpu")))
         noise = torch.randn(x.shape, generator=self.generator(x.device), device=x.device, dtype=x.dtype)
         mse_weight = None if self.loss_weighting == "none" else self.mse_weight_table[t]
         terms = self.diffusion.training_losses(self.model, x, t, y=self.model_labels(y, drop=True), noise=noise,
-                                               mse_weight=mse_weight)
+                                               mse_weight=mse_weight, model_kwargs=self.low_res_input(x))
         loss = (terms["loss"] * weights).mean()
 
         t_all, *values_all = self.gather_examples(t, *(terms[name] for name in self.loss_terms))
@@ -188,14 +199,16 @@ class DiffusionModule(TrainingModule):
         generator = self.evaluation_generator(x.device, batch_idx)
         t = torch.randint(0, self.diffusion.num_timesteps, (x.shape[0],), generator=generator, device=x.device)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        terms = self.diffusion.training_losses(self.ema.module, x, t, y=self.model_labels(y, drop=False), noise=noise)
+        terms = self.diffusion.training_losses(self.ema.module, x, t, y=self.model_labels(y, drop=False), noise=noise,
+                                               model_kwargs=self.low_res_input(x))
         self.eval_metrics.update(t, terms)
 
     # ------------------------------------------------------------------ sampling (EMA weights)
     @torch.no_grad()
     def sample(self, num_samples: int, labels: Optional[torch.Tensor] = None, *, sampler: Optional[str] = None,
                steps: Optional[str] = None, generator: Optional[torch.Generator] = None, guidance=None,
-               progress: bool = False, weights: Literal["ema", "raw"] = "ema") -> torch.Tensor:
+               progress: bool = False, weights: Literal["ema", "raw"] = "ema",
+               low_res: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Draw ``num_samples`` images in [-1, 1] with :func:`guided_diffusion.sampling.sample`.
 
         Args:
@@ -208,6 +221,8 @@ class DiffusionModule(TrainingModule):
             progress: show a progress bar.
             weights: ``"ema"`` (the averaged network, :meth:`describe_weights`) or ``"raw"`` (the
                 training weights).
+            low_res: the low-resolution images ``(num_samples, C, low_res_size, low_res_size)`` in [-1, 1]
+                a super-resolution model upsamples (required for one, refused otherwise).
         """
         from ..sampling import sample
 
@@ -216,21 +231,27 @@ class DiffusionModule(TrainingModule):
         config, model = self.config, self.ema.module if weights == "ema" else self.model
         if config.num_classes is not None and labels is None:
             raise ValueError(f"this model is class-conditional ({config.num_classes} classes): pass labels")
+        if config.is_super_resolution != (low_res is not None):
+            raise ValueError(f"a super-resolution model samples from low_res images ({config.low_res_size} px)"
+                             if config.is_super_resolution else "low_res is for super-resolution models")
         was_training = model.training
         model.eval()
         try:
             shape = (num_samples, config.in_channels, config.image_size, config.image_size)
             return sample(model, self.diffusion, shape, sampler=sampler or self.sampler,
                           steps=steps or self.sampling_steps, y=labels if config.num_classes is not None else None,
-                          guidance=guidance, generator=generator, progress=progress)
+                          guidance=guidance, generator=generator, progress=progress,
+                          model_kwargs=None if low_res is None else {"low_res": low_res})
         finally:
             model.train(was_training)
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        """One EMA sample per label of the batch: ``{"images": uint8 NHWC, "labels": int64}``."""
-        _, y = batch
+        """One EMA sample per label of the batch: ``{"images": uint8 NHWC, "labels": int64}`` (a super-resolution
+        model upsamples the batch's images, area-downsampled)."""
+        x, y = batch
         generator = self.evaluation_generator(y.device, batch_idx)
-        images = self.sample(len(y), y, generator=generator)
+        low_res = self.low_res_input(x)
+        images = self.sample(len(y), y, generator=generator, low_res=None if low_res is None else low_res["low_res"])
         return {"images": to_uint8_nhwc(images), "labels": y}
 
     # ------------------------------------------------------------------ checkpoints

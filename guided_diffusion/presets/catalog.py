@@ -184,22 +184,25 @@ _IMPROVED_IN64 = _improved_unet(64, 128, 3)
 _IMPROVED_LSUN = _improved_unet(256, 128, 2, num_heads=1, use_scale_shift_norm=False, attention_resolutions=(16,))
 _IMPROVED_LSUN_DIFFUSION = DiffusionConfig(steps=1000, noise_schedule="linear", learn_sigma=True)
 
+
+def _improved_hybrid_and_vlb(name, config, description, checkpoint_hybrid, checkpoint_vlb) -> list[Preset]:
+    """The L_hybrid model and the L_vlb model (``use_kl``) of one architecture: 4000 cosine steps, rescaled."""
+    return [_improved(name + suffix, config,
+                      DiffusionConfig(steps=4000, noise_schedule="cosine", use_kl=use_kl, **_IMPROVED_RESCALED),
+                      f"{description}, {loss}", checkpoint)
+            for suffix, use_kl, loss, checkpoint in (("", False, "L_hybrid", checkpoint_hybrid),
+                                                     ("_vlb", True, "L_vlb", checkpoint_vlb))]
+
+
 _IMPROVED = [
-    _improved("improved_cifar10_uncond", _IMPROVED_CIFAR,
-              DiffusionConfig(steps=4000, noise_schedule="cosine", **_IMPROVED_RESCALED),
-              "improved DDPM CIFAR-10 32x32, unconditional, L_hybrid", "cifar10_uncond_50M_500K.pt"),
-    _improved("improved_cifar10_uncond_vlb", _IMPROVED_CIFAR,
-              DiffusionConfig(steps=4000, noise_schedule="cosine", use_kl=True, **_IMPROVED_RESCALED),
-              "improved DDPM CIFAR-10 32x32, unconditional, L_vlb", "cifar10_uncond_vlb_50M_500K.pt"),
+    *_improved_hybrid_and_vlb("improved_cifar10_uncond", _IMPROVED_CIFAR, "improved DDPM CIFAR-10 32x32, unconditional",
+                              "cifar10_uncond_50M_500K.pt", "cifar10_uncond_vlb_50M_500K.pt"),
     _improved("improved_imagenet64_cond", _improved_unet(64, 192, 3, num_classes=IMAGENET_CLASSES),
               DiffusionConfig(steps=4000, noise_schedule="cosine", learn_sigma=True),
               "improved DDPM ImageNet 64x64, class-conditional (270M)", "imagenet64_cond_270M_250K.pt"),
-    _improved("improved_imagenet64_uncond", _IMPROVED_IN64,
-              DiffusionConfig(steps=4000, noise_schedule="cosine", **_IMPROVED_RESCALED),
-              "improved DDPM ImageNet 64x64, unconditional, L_hybrid (100M)", "imagenet64_uncond_100M_1500K.pt"),
-    _improved("improved_imagenet64_uncond_vlb", _IMPROVED_IN64,
-              DiffusionConfig(steps=4000, noise_schedule="cosine", use_kl=True, **_IMPROVED_RESCALED),
-              "improved DDPM ImageNet 64x64, unconditional, L_vlb (100M)", "imagenet64_uncond_vlb_100M_1500K.pt"),
+    *_improved_hybrid_and_vlb("improved_imagenet64_uncond", _IMPROVED_IN64,
+                              "improved DDPM ImageNet 64x64, unconditional (100M)", "imagenet64_uncond_100M_1500K.pt",
+                              "imagenet64_uncond_vlb_100M_1500K.pt"),
     _improved("improved_lsun_bedroom_bs128", _IMPROVED_LSUN, _IMPROVED_LSUN_DIFFUSION,
               "improved DDPM LSUN bedroom 256x256, batch 128, 1.2M steps", "lsun_uncond_100M_1200K_bs128.pt"),
     _improved("improved_lsun_bedroom_bs64", _IMPROVED_LSUN, _IMPROVED_LSUN_DIFFUSION,

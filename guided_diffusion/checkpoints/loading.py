@@ -64,7 +64,8 @@ def read_network_file(path: str | os.PathLike, what: str) -> tuple[FileKind, Any
                      "exported network file, nor an OpenAI state dict")
 
 
-def _check_role(network: nn.Module, kind: str, role: NetworkRole, name: str) -> None:
+def _check_role(network: nn.Module, role: NetworkRole, name: str) -> None:
+    kind = network_kind(network)
     if kind not in _KINDS[role]:
         hint = " (super-resolution models need a low-resolution input)" if "superres" in kind else ""
         raise ValueError(f"{name} is a {kind!r} network, not a {role}{hint}")
@@ -79,7 +80,7 @@ def _load(checkpoint: str | os.PathLike, role: NetworkRole, preset: Optional[str
     if kind == "lightning":
         if role == "diffusion model":
             network, diffusion, info = diffusion_from_checkpoint(content, ema, os.fspath(checkpoint))
-            _check_role(network, network_kind(network), role, name)
+            _check_role(network, role, name)
             weights = "EMA" if ema else "raw"
             return LoadedNetwork(network, diffusion, f"{checkpoint} (step {info['global_step']}, {weights} weights)",
                                  info["null_label"])
@@ -87,7 +88,7 @@ def _load(checkpoint: str | os.PathLike, role: NetworkRole, preset: Optional[str
         return LoadedNetwork(network, diffusion, f"{checkpoint} (step {info['global_step']})")
     if kind == "network":
         network = network_from_file_content(content, f"network file {os.fspath(checkpoint)!r}")
-        _check_role(network, content["kind"], role, name)
+        _check_role(network, role, name)
         settings = content.get("metadata", {}).get("diffusion")
         if not isinstance(settings, dict):
             raise ValueError(f"network file {name} holds no diffusion settings: save it with "
@@ -97,7 +98,7 @@ def _load(checkpoint: str | os.PathLike, role: NetworkRole, preset: Optional[str
         return LoadedNetwork(network.eval(), DiffusionConfig(**settings).build(), f"{checkpoint} (network file)",
                              null_label)
     network, found = openai_network(content, preset, f"checkpoint {os.fspath(checkpoint)!r}")
-    _check_role(network, network_kind(network), role, f"{name} (preset {found.name!r})")
+    _check_role(network, role, f"{name} (preset {found.name!r})")
     return LoadedNetwork(network.eval(), found.diffusion.build(), f"{checkpoint} (OpenAI, preset {found.name})")
 
 

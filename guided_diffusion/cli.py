@@ -1,7 +1,7 @@
 """The ``gd`` command.
 
 ``gd fit|validate|test|predict`` are LightningCLI subcommands; the product commands
-(``sample``, ``evaluate``, ``sweep``, ``export``, ``demo``) are plain functions whose signatures are
+(``sample``, ``upsample``, ``evaluate``, ``sweep``, ``export``, ``demo``) are plain functions whose signatures are
 the schema (jsonargparse). Each command is registered below by import path so that ``gd --help``
 stays fast and a command's heavy imports happen only when it runs.
 
@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("guided_diffusion.demo:demo", "train, guide, sample and score on the embedded MNIST (the main job)"),
     "sample": ("guided_diffusion.generation.command:sample",
                "class-conditional samples, optionally guided, into resumable shards and an ADM .npz"),
+    "upsample": ("guided_diffusion.generation.upsample:upsample",
+                 "upsample the images of a sample .npz with a super-resolution model (ADM-U)"),
     "evaluate": ("guided_diffusion.evaluation.evaluate:evaluate",
                  "FID / sFID / IS / precision / recall of a sample .npz against a reference"),
     "sweep": ("guided_diffusion.sweep:sweep", "sample and evaluate over guidance scales and samplers"),

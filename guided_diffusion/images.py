@@ -11,12 +11,19 @@ import torch
 
 from .atomic import atomic_write
 
-__all__ = ["to_uint8_nhwc", "save_grid"]
+__all__ = ["to_uint8_nhwc", "from_uint8_nhwc", "save_grid"]
 
 
 def to_uint8_nhwc(images: torch.Tensor) -> torch.Tensor:
     """Samples in [-1, 1], NCHW -> uint8 NHWC, exactly as guided-diffusion's ``image_sample.py``."""
     return ((images + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def from_uint8_nhwc(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC (a sample file) -> float32 NCHW in [-1, 1], as guided-diffusion's ``super_res_sample.py`` reads
+    its base samples (``x / 127.5 - 1``)."""
+    tensor = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    return tensor.permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def save_grid(images: np.ndarray, path: str | os.PathLike, nrow: Optional[int] = None) -> Path:

@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 #: One generator for the batch, or one per sample (so a sample's noise does not depend on its batch).
 Generators = Optional[torch.Generator | Sequence[torch.Generator]]
 ShapeOrNoise = Sequence[int] | torch.Tensor
-#: The SeedSequence stream of a sample's noise (stream 0 draws random class labels: generation/plan.py).
-LABEL_STREAM, NOISE_STREAM = 0, 1
+#: SeedSequence streams of sample i: 0 draws its random class label (generation/plan.py), 1 its noise, 2 the
+#: noise of the super-resolution stage of a cascade (``gd sample --upsampler``, ``gd upsample``).
+LABEL_STREAM, NOISE_STREAM, UPSAMPLER_STREAM = 0, 1, 2
 
 
 def randn(shape: Sequence[int], generator: Generators = None, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -31,16 +32,17 @@ def randn(shape: Sequence[int], generator: Generators = None, device=None, dtype
     return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
 
 
-def sample_seed(seed: int, index: int) -> int:
-    """The noise seed of sample ``index`` of a run seeded ``seed``: a function of the pair alone."""
-    state = np.random.SeedSequence([seed, index, NOISE_STREAM]).generate_state(1, dtype=np.uint64)[0]
+def sample_seed(seed: int, index: int, stream: int = NOISE_STREAM) -> int:
+    """The noise seed of sample ``index`` of a run seeded ``seed``: a function of the pair (and stream) alone."""
+    state = np.random.SeedSequence([seed, index, stream]).generate_state(1, dtype=np.uint64)[0]
     return int(state >> 1)
 
 
-def sample_generators(seed: int, indices: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+def sample_generators(seed: int, indices: Sequence[int], device: torch.device | str = "cpu",
+                      stream: int = NOISE_STREAM) -> list[torch.Generator]:
     """One generator per sample, seeded by :func:`sample_seed`: sample i's noise does not depend on its batch,
     rank or run (``gd sample`` and the FID callback draw the same sample i)."""
-    return [torch.Generator(device).manual_seed(sample_seed(seed, index)) for index in indices]
+    return [torch.Generator(device).manual_seed(sample_seed(seed, index, stream)) for index in indices]
 
 
 def model_takes_labels(model: Callable) -> bool:

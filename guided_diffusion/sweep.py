@@ -82,7 +82,8 @@ def sweep(checkpoint: str, reference: str, output: str = "outputs/sweep", *,
           num_samples: int = 1000, batch_size: int = 50, seed: int = 0, precision: Precision = "32-true",
           accelerator: str = "auto", devices: int = 1, features: FeatureName = "inception",
           inception_weights: Optional[str] = None, resize: ResizeMode = "tf1", eval_device: str = "cpu",
-          nearest_k: int = DEFAULT_NEAREST_K, progress: bool = True) -> dict[str, Any]:
+          nearest_k: int = DEFAULT_NEAREST_K, upsampler: Optional[str] = None,
+          upsampler_steps: Optional[str] = None, progress: bool = True) -> dict[str, Any]:
     """Sample at each guidance scale (and sampler / step count) with fixed seeds, evaluate, tabulate and plot.
 
     Args:
@@ -109,6 +110,9 @@ def sweep(checkpoint: str, reference: str, output: str = "outputs/sweep", *,
         resize: how images reach Inception's 299x299 (``tf1`` = the reference's).
         eval_device: device of feature extraction.
         nearest_k: k of precision/recall.
+        upsampler: a super-resolution model: every point is a cascade (``gd sample --upsampler``), scored at
+            the upsampler's resolution.
+        upsampler_steps: the upsampler's respacing (default: each point's ``steps``).
         progress: progress bars.
     """
     scales = [check_scale(scale) for scale in scales]
@@ -138,7 +142,8 @@ def sweep(checkpoint: str, reference: str, output: str = "outputs/sweep", *,
                              classifier_preset=classifier_preset, guidance=guidance, scale=scale,
                              sampler=sampler_name, steps=step_spec, classes=classes, num_samples=num_samples,
                              batch_size=batch_size, seed=seed, precision=precision, accelerator=accelerator,
-                             devices=devices, grid=True, progress=progress)
+                             devices=devices, upsampler=upsampler, upsampler_steps=upsampler_steps, grid=True,
+                             progress=progress)
                 if run.samples is None:  # a non-zero DDP rank: rank 0 evaluates
                     continue
                 sample_features = extract_features(extractor, iter_image_batches(run.samples, 64))

@@ -1,7 +1,7 @@
 """Every network file the project reads or writes, in one place, without Lightning.
 
-- :mod:`.loading`: ``load_diffusion_model`` / ``load_classifier`` read any accepted file, recognised
-  by its content: this project's Lightning ``.ckpt``, an exported network file, an OpenAI ``.pt``;
+- :mod:`.loading`: ``load_diffusion_model`` / ``load_classifier`` / ``load_upsampler`` read any accepted
+  file, recognised by its content: this project's Lightning ``.ckpt``, an exported network file, an OpenAI ``.pt``;
 - :mod:`.lightning`: this project's Lightning checkpoints (``load_diffusion_checkpoint``,
   ``load_classifier_checkpoint``, ``load_ncsn_checkpoint``; ``export`` = ``gd export``);
 - :mod:`.openai`: guided-diffusion's ``.pt`` layout, import into the matching preset and export;
@@ -19,7 +19,7 @@ from .lightning import (
     load_ncsn_checkpoint,
     read_training_checkpoint,
 )
-from .loading import FileKind, LoadedNetwork, load_classifier, load_diffusion_model, read_network_file
+from .loading import FileKind, LoadedNetwork, load_classifier, load_diffusion_model, load_upsampler, read_network_file
 from .matching import CheckpointMismatchError, find_matching_presets, preset_shapes
 from .network_file import NETWORK_FORMAT, load_network, read_network_metadata, save_network
 from .openai import export_openai_checkpoint, load_openai_checkpoint, load_state_dict_file
@@ -27,7 +27,7 @@ from .openai import export_openai_checkpoint, load_openai_checkpoint, load_state
 __all__ = [
     "export", "load_classifier_checkpoint", "load_diffusion_checkpoint", "load_ncsn_checkpoint",
     "read_training_checkpoint", "FileKind", "LoadedNetwork", "load_classifier", "load_diffusion_model",
-    "read_network_file", "CheckpointMismatchError", "find_matching_presets", "preset_shapes", "NETWORK_FORMAT",
+    "load_upsampler", "read_network_file", "CheckpointMismatchError", "find_matching_presets", "preset_shapes", "NETWORK_FORMAT",
     "load_network", "read_network_metadata", "save_network", "export_openai_checkpoint", "load_openai_checkpoint",
     "load_state_dict_file",
 ]

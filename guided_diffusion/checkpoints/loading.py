@@ -23,11 +23,15 @@ from .lightning import classifier_from_checkpoint, diffusion_from_checkpoint, is
 from .network_file import is_network_file, network_from_file_content
 from .openai import is_state_dict, openai_network
 
-__all__ = ["FileKind", "LoadedNetwork", "read_network_file", "load_diffusion_model", "load_classifier"]
+__all__ = ["FileKind", "LoadedNetwork", "read_network_file", "load_diffusion_model", "load_classifier",
+           "load_upsampler"]
 
 FileKind = Literal["lightning", "network", "openai"]
-NetworkRole = Literal["diffusion model", "classifier"]
-_KINDS = {"diffusion model": ("unet",), "classifier": ("encoder_unet",)}  # the registry kinds of each role
+NetworkRole = Literal["diffusion model", "classifier", "upsampler"]
+#: the registry kinds of each role
+_KINDS = {"diffusion model": ("unet",), "classifier": ("encoder_unet",), "upsampler": ("superres_unet",)}
+_HINTS = {"superres_unet": " (super-resolution models need a low-resolution input: --upsampler)",
+          "unet": " (a base model makes images from noise; an upsampler is a super-resolution model)"}
 
 
 @dataclass
@@ -67,8 +71,8 @@ def read_network_file(path: str | os.PathLike, what: str) -> tuple[FileKind, Any
 def _check_role(network: nn.Module, role: NetworkRole, name: str) -> None:
     kind = network_kind(network)
     if kind not in _KINDS[role]:
-        hint = " (super-resolution models need a low-resolution input)" if "superres" in kind else ""
-        raise ValueError(f"{name} is a {kind!r} network, not a {role}{hint}")
+        article = "an" if role[0] in "aeiou" else "a"
+        raise ValueError(f"{name} is a {kind!r} network, not {article} {role}{_HINTS.get(kind, '')}")
 
 
 def _load(checkpoint: str | os.PathLike, role: NetworkRole, preset: Optional[str], preset_flag: str,
@@ -78,7 +82,7 @@ def _load(checkpoint: str | os.PathLike, role: NetworkRole, preset: Optional[str
     if kind != "openai" and preset is not None:
         raise ValueError(f"{preset_flag} is for OpenAI .pt files; {name} carries its own architecture")
     if kind == "lightning":
-        if role == "diffusion model":
+        if role != "classifier":
             network, diffusion, info = diffusion_from_checkpoint(content, ema, os.fspath(checkpoint))
             _check_role(network, role, name)
             weights = "EMA" if ema else "raw"
@@ -117,3 +121,8 @@ def load_diffusion_model(checkpoint: str | os.PathLike, preset: Optional[str] = 
 def load_classifier(checkpoint: str | os.PathLike, preset: Optional[str] = None) -> LoadedNetwork:
     """The noise-aware classifier of ``checkpoint`` (any kind of :func:`read_network_file`)."""
     return _load(checkpoint, "classifier", preset, "--classifier_preset", ema=False)
+
+
+def load_upsampler(checkpoint: str | os.PathLike, preset: Optional[str] = None, ema: bool = True) -> LoadedNetwork:
+    """The super-resolution model (ADM-U) of ``checkpoint`` (any kind of :func:`read_network_file`)."""
+    return _load(checkpoint, "upsampler", preset, "--upsampler_preset", ema)

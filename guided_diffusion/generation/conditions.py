@@ -17,6 +17,9 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import torch
 
+from ..images import from_uint8_nhwc
+from .shards import read_shard
+
 ConditionKind = Literal["inpaint", "colorize"]
 
 
@@ -49,6 +52,24 @@ def _as_nhwc(array: np.ndarray, what: str) -> np.ndarray:
     return array
 
 
+def load_low_res(path: str | os.PathLike, image_size: int, channels: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The images (uint8 NHWC) and labels (``arr_1``, if any) of an ADM sample ``.npz`` to upsample, checked
+    against the upsampler's low-resolution input."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"the low-resolution samples {str(path)!r} do not exist")
+    images, labels = read_shard(path)
+    images = _as_nhwc(images, f"{path}: arr_0")
+    if images.dtype != np.uint8:
+        raise ValueError(f"{path}: arr_0 must be uint8 (0..255), got {images.dtype}")
+    if images.shape[1:] != (image_size, image_size, channels):
+        raise ValueError(f"{path}: images are {images.shape[1]}x{images.shape[2]}x{images.shape[3]} (HxWxC) but the "
+                         f"upsampler takes {image_size}x{image_size}x{channels}")
+    if labels is not None and (labels.shape != (len(images),) or labels.dtype.kind not in "iu"):
+        raise ValueError(f"{path}: arr_1 must hold one integer label per image, got {labels.dtype} {labels.shape}")
+    return images, labels
+
+
 def load_condition(kind: ConditionKind, path: str | os.PathLike, image_size: int, channels: int) -> ImageCondition:
     """Read and check an ``--inpaint`` / ``--colorize`` file against the model's image shape."""
     path = Path(path)
@@ -64,7 +85,7 @@ def load_condition(kind: ConditionKind, path: str | os.PathLike, image_size: int
     if images.shape[1:3] != (image_size, image_size):
         raise ValueError(f"{path}: images are {images.shape[1]}x{images.shape[2]} but the model makes "
                          f"{image_size}x{image_size}")
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = from_uint8_nhwc(images)
     if kind == "colorize":
         if channels != 3:
             raise ValueError(f"colorization needs an RGB model, this one makes {channels}-channel images")

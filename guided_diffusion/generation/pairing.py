@@ -31,6 +31,23 @@ def check_pair(model: LoadedNetwork, classifier: LoadedNetwork) -> None:
                          f"model ({a.num_timesteps} steps, or a different schedule): its gradients would be wrong")
 
 
+def check_upsampler(upsampler: LoadedNetwork, image_size: int, channels: int, num_classes: Optional[int],
+                    what: str) -> None:
+    """The upsampler must read ``what`` (images of ``image_size`` px, ``channels`` channels, labels over
+    ``num_classes`` classes or none) as its low-resolution input; a class-conditional one needs the labels."""
+    u = upsampler.config
+    if (u.low_res_size, u.in_channels) != (image_size, channels):
+        raise ValueError(f"the upsampler takes {u.in_channels}x{u.low_res_size}x{u.low_res_size} low-resolution "
+                         f"images but {what} are {channels}x{image_size}x{image_size} ({upsampler.source})")
+    if upsampler.num_classes is not None:
+        if num_classes is None:
+            raise ValueError(f"the upsampler is class-conditional ({upsampler.num_classes} classes) but {what} have "
+                             "no labels")
+        if num_classes > upsampler.num_classes:
+            raise ValueError(f"the upsampler knows {upsampler.num_classes} classes but the labels of {what} range "
+                             f"over {num_classes}")
+
+
 def build_guidance(kind: GuidanceKind, scale: float, model: LoadedNetwork,
                    classifier: Optional[LoadedNetwork]) -> Optional[Guidance]:
     """The guidance object of a run; ``auto`` = classifier guidance if a classifier is given, else none."""
@@ -67,4 +84,4 @@ def freeze(network: nn.Module) -> nn.Module:
     return network
 
 
-__all__ = ["GuidanceKind", "check_pair", "build_guidance", "label_count", "freeze"]
+__all__ = ["GuidanceKind", "check_pair", "check_upsampler", "build_guidance", "label_count", "freeze"]

@@ -15,7 +15,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import torch
 
-from ..sampler_protocol import LABEL_STREAM, sample_generators
+from ..sampler_protocol import LABEL_STREAM, NOISE_STREAM, sample_generators
 
 ClassChoice = Literal["all", "random"]
 
@@ -109,6 +109,7 @@ class SamplePlan:
             return None
         return torch.tensor([self.label(i) for i in self.shard_indices(shard)], dtype=torch.long)
 
-    def generators(self, shard: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
-        """One generator per sample, seeded from ``(seed, index)``: the sample's noise is its own."""
-        return sample_generators(self.seed, self.shard_indices(shard), device)
+    def generators(self, shard: int, device: torch.device | str = "cpu",
+                   stream: int = NOISE_STREAM) -> list[torch.Generator]:
+        """One generator per sample, seeded from ``(seed, index, stream)``: the sample's noise is its own."""
+        return sample_generators(self.seed, self.shard_indices(shard), device, stream)

@@ -4,22 +4,73 @@ Each rank takes shards r, r + W, ... (:meth:`SamplePlan.shards_of_rank`) that ar
 samples each with per-sample generators and writes it atomically; after a barrier, rank 0 merges.
 Lightning supplies devices, DDP, precision (autocast) and the progress bar; the sampling itself is
 :func:`guided_diffusion.sampling.sample`.
+
+A run has up to two :class:`Stage` s: the base model (images from noise) and, for a cascade, the
+upsampler (ADM-U: images from the base images). The base images of a cascade are kept as their own
+shards under ``low_res/``, quantised to uint8 as a sample file holds them, and that is what the
+upsampler reads: a cascade resumed after its base shard was written upsamples exactly the same input,
+and ``gd sample --upsampler`` equals ``gd sample`` followed by ``gd upsample`` image for image.
 """
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
+from ..images import from_uint8_nhwc, save_grid, to_uint8_nhwc
+from ..sampler_protocol import NOISE_STREAM
 from ..sampling import Guidance, sample
 from .conditions import ImageCondition
-from ..images import to_uint8_nhwc
 from .plan import SamplePlan
-from .shards import complete_shards, merge_shards, write_shard
+from .shards import check_manifest, complete_shards, merge_shards, read_shard, shard_path, shard_problem, write_shard
+
+#: Sub-directory of a cascade run that holds the base model's (low-resolution) shards and merged ``.npz``.
+LOW_RES_DIRECTORY = "low_res"
+
+
+@dataclass
+class Stage:
+    """One diffusion model of a run and how it samples.
+
+    Args:
+        network: the (frozen) network; a super-resolution one reads ``low_res`` images.
+        diffusion: the process it was trained with (the sampler respaces it).
+        options: ``sampler``, ``steps`` and sampler options (``eta``, ``clip_denoised``...).
+        guidance: classifier or classifier-free guidance, or ``None``.
+        condition: inpainting / colorization (applied after ``guidance``).
+        stream: the SeedSequence stream of the stage's noise (the upsampler's differs from the base's).
+    """
+
+    network: nn.Module
+    diffusion: Any
+    options: dict[str, Any]
+    guidance: Optional[Guidance] = None
+    condition: Optional[ImageCondition] = None
+    stream: int = NOISE_STREAM
+
+    def images(self, plan: SamplePlan, shard: int, labels: Optional[torch.Tensor], device: torch.device,
+               low_res: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The shard's images in [-1, 1], NCHW (``low_res``: the super-resolution input, [-1, 1] NCHW)."""
+        indices = plan.shard_indices(shard)
+        generators = plan.generators(shard, device, self.stream)
+        guidance = self.guidance
+        if self.condition is not None:
+            built = self.condition.build(indices, self.diffusion, device, generators)
+            guidance = [built] if guidance is None else [guidance, built]
+        config = self.network.config
+        shape = (len(indices), config.in_channels, config.image_size, config.image_size)
+        extra = {} if low_res is None else {"model_kwargs": {"low_res": low_res}}
+        return sample(self.network, self.diffusion, shape, y=labels, guidance=guidance, generator=generators,
+                      progress=False, **self.options, **extra)
 
 
 class ShardQueue(L.LightningDataModule):
@@ -39,46 +90,113 @@ class ShardSampler(L.LightningModule):
     """Samples one shard per ``predict_step`` and writes it; rank 0 merges when all ranks are done.
 
     Args:
-        model: the diffusion network (frozen).
-        diffusion: the process it was trained with (the sampler respaces it).
         plan: which samples form which shard, their labels and seeds.
         directory: where shards and the merged file go.
-        guidance: classifier or classifier-free guidance, or ``None``.
-        sampler_options: ``sampler``, ``steps`` and sampler options (``eta``, ``clip_denoised``...).
+        base: the model that makes images from noise (``None``: the images to upsample are ``low_res``).
+        upsampler: the super-resolution stage of a cascade (``None``: the base images are the output).
+        low_res: uint8 NHWC images to upsample, one per sample (``gd upsample``; needs ``upsampler``).
     """
 
-    def __init__(self, model: torch.nn.Module, diffusion, plan: SamplePlan, directory: str | os.PathLike,
-                 guidance: Optional[Guidance], sampler_options: dict[str, Any],
-                 condition: Optional[ImageCondition] = None):
+    def __init__(self, plan: SamplePlan, directory: str | os.PathLike, base: Optional[Stage],
+                 upsampler: Optional[Stage] = None, low_res: Optional[np.ndarray] = None):
         super().__init__()
-        self.model = model
-        # a classifier inside the guidance must follow the model to the device
-        self.classifier = getattr(guidance, "classifier", None)
-        self.diffusion, self.plan, self.directory = diffusion, plan, Path(directory)
-        self.guidance, self.sampler_options, self.condition = guidance, sampler_options, condition
+        if (base is None) == (low_res is None) or (low_res is not None and upsampler is None):
+            raise ValueError("a sampling run has a base model, or low-resolution images and an upsampler")
+        self.base, self.upsampler, self.low_res = base, upsampler, low_res
+        # the networks (and a classifier inside a guidance) must follow the module to the device
+        stages = [stage for stage in (base, upsampler) if stage is not None]
+        self.networks = nn.ModuleList([stage.network for stage in stages]
+                                      + [stage.guidance.classifier for stage in stages
+                                         if isinstance(getattr(stage.guidance, "classifier", None), nn.Module)])
+        self.plan, self.directory = plan, Path(directory)
         self.merged: Optional[Path] = None
+        self.merged_low_res: Optional[Path] = None
+
+    @property
+    def cascade(self) -> bool:
+        return self.base is not None and self.upsampler is not None
 
     def predict_step(self, shard, batch_idx: int) -> int:
         shard = int(shard)
-        config = self.model.config
         labels = self.plan.labels(shard)
-        if labels is not None:
-            labels = labels.to(self.device)
-        indices = self.plan.shard_indices(shard)
-        generators = self.plan.generators(shard, self.device)
-        guidance = self.guidance
-        if self.condition is not None:  # inpainting / colorization: after the other guidance
-            built = self.condition.build(indices, self.diffusion, self.device, generators)
-            guidance = [built] if guidance is None else [guidance, built]
-        shape = (len(indices), config.in_channels, config.image_size, config.image_size)
-        images = sample(self.model, self.diffusion, shape, y=labels, guidance=guidance, generator=generators,
-                        progress=False, **self.sampler_options)
-        write_shard(self.directory, shard, to_uint8_nhwc(images.float()).cpu().numpy(),
-                    None if labels is None else labels.cpu().numpy())
+        on_device = None if labels is None else labels.to(self.device)
+        if self.upsampler is None:
+            images = to_uint8_nhwc(self.base.images(self.plan, shard, on_device, self.device).float()).cpu().numpy()
+        else:
+            low_res = from_uint8_nhwc(self._low_res_images(shard, labels, on_device)).to(self.device)
+            images = self.upsampler.images(self.plan, shard, on_device, self.device, low_res=low_res)
+            images = to_uint8_nhwc(images.float()).cpu().numpy()
+        write_shard(self.directory, shard, images, None if labels is None else labels.numpy())
         return shard
+
+    def _low_res_images(self, shard: int, labels: Optional[torch.Tensor], on_device) -> np.ndarray:
+        """The upsampler's input: the given images, or the base shard (kept from an earlier run, else sampled)."""
+        if self.low_res is not None:
+            indices = self.plan.shard_indices(shard)
+            return self.low_res[indices.start:indices.stop]
+        directory = self.directory / LOW_RES_DIRECTORY
+        path = shard_path(directory, shard)
+        if path.exists() and shard_problem(path, self.plan, shard) is None:
+            return read_shard(path)[0]
+        images = to_uint8_nhwc(self.base.images(self.plan, shard, on_device, self.device).float()).cpu().numpy()
+        write_shard(directory, shard, images, None if labels is None else labels.numpy())
+        return images
 
     def on_predict_end(self) -> None:
         self.trainer.strategy.barrier("shards-written")
         if self.trainer.is_global_zero:
+            if self.cascade:
+                self.merged_low_res = merge_shards(self.directory / LOW_RES_DIRECTORY, self.plan)
             self.merged = merge_shards(self.directory, self.plan)
         self.trainer.strategy.barrier("merged")
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """Where a run's outputs are (``None`` on ranks other than 0)."""
+
+    samples: Optional[Path]
+    grid: Optional[Path]
+    seconds: float
+    low_res: Optional[Path] = None
+    """The base model's samples of a cascade (``low_res/samples_*.npz``)."""
+
+
+def run_shards(module: ShardSampler, settings: dict[str, Any], banner: str, *, accelerator: str, devices: int,
+               num_nodes: int, strategy: str, timeout_minutes: float, precision: str, grid: bool, progress: bool,
+               started: float, command: str) -> SampleResult:
+    """Run ``module`` over the shards still missing (checking the manifest ``settings`` first) and merge them."""
+    output = module.directory
+    trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                        strategy=_strategy(strategy, devices * num_nodes, timeout_minutes), precision=precision,
+                        logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        enable_progress_bar=progress, inference_mode=False,  # guidance differentiates w.r.t. x
+                        use_distributed_sampler=False, default_root_dir=output)
+    if trainer.is_global_zero:
+        check_manifest(output, settings)
+        print(f"{command}: {banner}")
+    trainer.strategy.barrier("manifest")
+    trainer.predict(module, datamodule=ShardQueue(module.plan, output), return_predictions=False)
+    if not trainer.is_global_zero:
+        return SampleResult(None, None, time.perf_counter() - started)
+    merged = module.merged or merge_shards(output, module.plan)  # ddp_spawn: the merge happened in a worker
+    low_res = None
+    if module.cascade:
+        low_res = module.merged_low_res or merge_shards(output / LOW_RES_DIRECTORY, module.plan)
+    grid_path = None
+    if grid:
+        images, _ = read_shard(merged)
+        grid_path = save_grid(images[:100], output / "grid.png")
+    seconds = time.perf_counter() - started
+    print(f"wrote {merged}" + (f" (base samples: {low_res})" if low_res else "")
+          + (f" and {grid_path}" if grid_path else "") + f" in {seconds:.1f} s")
+    return SampleResult(merged, grid_path, seconds, low_res)
+
+
+def _strategy(name: str, world_size: int, timeout_minutes: float):
+    if name == "auto" and world_size <= 1:
+        return "auto"
+    from lightning.pytorch.strategies import DDPStrategy
+
+    start_method = "spawn" if name == "ddp_spawn" else "popen"
+    return DDPStrategy(start_method=start_method, timeout=timedelta(minutes=timeout_minutes))

@@ -169,6 +169,10 @@ def test_presets_parse_and_match_the_network_presets(capsys):
         main(["fit", "--config", str(CONFIGS / "imagenet256" / "diffusion.yaml"), "--print_config"])
     assert exit_info.value.code in (0, None)
     assert "DiffusionModule" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "imagenet512" / "upsampler.yaml"), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "low_res_size: 128" in capsys.readouterr().out
     from classifiers import EncoderUNetConfig
     from guided_diffusion.nets import UNetConfig
 
@@ -180,6 +184,17 @@ def test_presets_parse_and_match_the_network_presets(capsys):
             expected = get_preset(preset).config
             assert network.to_dict() | {"channel_mult": None} == expected.to_dict() | {"channel_mult": None}, preset
             assert network.resolved_channel_mult == expected.resolved_channel_mult, preset
+    for size, preset in ((256, "adm_upsampler_64_256"), (512, "adm_upsampler_128_512")):  # ADM-U, the paper's runs
+        config = yaml.safe_load((CONFIGS / f"imagenet{size}" / "upsampler.yaml").read_text())
+        arguments, expected = config["model"]["init_args"], get_preset(preset)
+        assert UNetConfig(**arguments["network"]) == expected.config, preset
+        assert arguments["lr"] == expected.training["lr"] and config["trainer"]["max_steps"] == expected.training[
+            "iterations"], preset
+        trainer = config["trainer"]
+        global_batch = (config["data"]["batch_size"] * trainer["devices"] * trainer["num_nodes"]
+                        * trainer["accumulate_grad_batches"])
+        assert global_batch == expected.training["batch_size"], preset
+        assert config["data"]["image_size"] == expected.config.image_size
     for job, preset in (("diffusion", "mnist32_adm"), ("classifier", "mnist32_classifier")):
         config = yaml.safe_load((CONFIGS / "mnist" / f"{job}.yaml").read_text())
         config_cls = UNetConfig if job == "diffusion" else EncoderUNetConfig

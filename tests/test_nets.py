@@ -267,7 +267,8 @@ def test_presets_api():
     preset.config.model_channels = 1  # a copy: the registry is unchanged
     assert get_preset("64_cond").config.model_channels == 192
     assert set(list_presets(kind="superres_unet")) == {"64_256_upsampler", "128_512_upsampler",
-                                                       "improved_upsample_64_256"}
+                                                       "improved_upsample_64_256", "adm_upsampler_64_256",
+                                                       "adm_upsampler_128_512"}
 
 
 def test_small_presets_are_small_and_run():

@@ -28,6 +28,6 @@ __all__ = [
     "export", "load_classifier_checkpoint", "load_diffusion_checkpoint", "load_ncsn_checkpoint",
     "read_training_checkpoint", "FileKind", "LoadedNetwork", "load_classifier", "load_diffusion_model",
     "load_upsampler", "read_network_file", "CheckpointMismatchError", "find_matching_presets", "preset_shapes",
-    "NETWORK_FORMAT", "load_network", "read_network_metadata", "save_network", "export_openai_checkpoint", "load_openai_checkpoint",
-    "load_state_dict_file",
+    "NETWORK_FORMAT", "load_network", "read_network_metadata", "save_network", "export_openai_checkpoint",
+    "load_openai_checkpoint", "load_state_dict_file",
 ]

@@ -232,6 +232,10 @@ _PAPER_RUNS = [
     _run("adm_imagenet256", "256_cond", 256, 1e-4, 1_980_000, "Paper run: ADM ImageNet 256x256 (554M)"),
     _run("adm_imagenet512", "512_cond", 256, 1e-4, 1_940_000, "Paper run: ADM ImageNet 512x512 (559M)"),
     _run("adm_lsun256", "lsun_256", 256, 1e-4, None, "Paper run: ADM LSUN 256x256 (552M)"),
+    _run("adm_upsampler_64_256", "64_256_upsampler", 256, 1e-4, 500_000,
+         "Paper run: ADM-U ImageNet 64 -> 256 upsampler (312M)"),
+    _run("adm_upsampler_128_512", "128_512_upsampler", 256, 1e-4, 1_050_000,
+         "Paper run: ADM-U ImageNet 128 -> 512 upsampler (309M)"),
     dataclasses.replace(
         next(p for p in _RELEASED if p.name == "128_classifier"), name="adm_classifier128", checkpoint=None,
         training=dict(batch_size=256, lr=3e-4, iterations=300_000, weight_decay=0.05, anneal_lr=True),

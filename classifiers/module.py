@@ -68,13 +68,16 @@ class NoisyClassifierModule(TrainingModule):
         lr_anneal_steps: decay the LR linearly to 0 over this many steps (ADM: the run's
             iterations; 0 = constant).
         max_consecutive_nonfinite: stop after this many consecutive non-finite losses.
+        compile: ``torch.compile`` the classifier in place when training starts.
+        channels_last: NHWC memory order for the convolutions.
     """
 
     def __init__(self, network: EncoderUNetConfig | TimmClassifierConfig | str = "mnist32_classifier",
                  diffusion: Optional[DiffusionConfig] = None, noised: bool = True, lr: float = 3e-4,
                  weight_decay: float = 0.05, lr_warmup_steps: int = 0, lr_anneal_steps: int = 0,
-                 max_consecutive_nonfinite: int = 10):
-        super().__init__(lr, weight_decay, lr_warmup_steps, lr_anneal_steps, max_consecutive_nonfinite)
+                 max_consecutive_nonfinite: int = 10, compile: bool = False, channels_last: bool = False):
+        super().__init__(lr, weight_decay, lr_warmup_steps, lr_anneal_steps, max_consecutive_nonfinite,
+                         compile=compile, channels_last=channels_last)
         config, diffusion_config = resolve_classifier_network(network, diffusion)
         # Plain values only (dataclasses as dicts): checkpoints then load with weights_only=True.
         self.save_hyperparameters(dict(

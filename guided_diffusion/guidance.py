@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .diffusion import GaussianDiffusion
+from .tensor_checks import check_index_range
 
 
 class GuidanceScale(float):
@@ -105,9 +106,7 @@ class ClassifierGuidance(Guidance):
             logits = self.classifier(x_in, t_model)
             if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
                 raise ValueError(f"the classifier must return logits of shape (B, classes), got {tuple(logits.shape)}")
-            if int(y.min()) < 0 or int(y.max()) >= logits.shape[1]:
-                raise ValueError(f"label {int(y.max()) if int(y.max()) >= logits.shape[1] else int(y.min())} is "
-                                 f"out of range for a classifier of {logits.shape[1]} classes")
+            check_index_range(y, logits.shape[1], "label", f" for a classifier of {logits.shape[1]} classes")
             log_probs = torch.log_softmax(logits.float(), dim=-1)
             selected = log_probs[torch.arange(len(y), device=y.device), y]
             grad, = torch.autograd.grad(selected.sum(), x_in)

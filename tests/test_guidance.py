@@ -131,7 +131,7 @@ def test_guidance_errors_name_the_problem():
     diffusion = DiffusionConfig(steps=10, noise_schedule="cosine").build()
     mixture = GaussianMixture(torch.tensor([[0.5], [-0.5]]), std=0.1)
     model, classifier = MixtureDenoiser(mixture, diffusion), MixtureClassifier(mixture, diffusion)
-    with pytest.raises(ValueError, match="label 2 is out of range for a classifier of 2 classes"):
+    with pytest.raises(ValueError, match=r"label 2 is out of range \[0, 1\] for a classifier of 2 classes"):
         sample(model, diffusion, (2, 1), y=torch.tensor([0, 2]), guidance=ClassifierGuidance(classifier, 1.0),
                progress=False)
     with pytest.raises(ValueError, match="needs class labels"):

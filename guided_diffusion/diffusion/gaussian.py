@@ -21,6 +21,7 @@ from typing import Callable, Literal, Optional, Sequence, get_args
 import numpy as np
 import torch
 
+from ..tensor_checks import check_index_range
 from .likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .noise_levels import DiscreteNoiseLevels
 from .schedules import (
@@ -184,9 +185,7 @@ class GaussianDiffusion:
             raise ValueError(f"t must be a 1-d integer tensor of timesteps, got {t!r:.80}")
         if batch_size is not None and t.shape[0] != batch_size:
             raise ValueError(f"t has {t.shape[0]} timesteps for a batch of {batch_size}")
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_timesteps):
-            bad = t[(t < 0) | (t >= self.num_timesteps)]
-            raise ValueError(f"timestep {int(bad[0])} is out of range [0, {self.num_timesteps - 1}]")
+        check_index_range(t, self.num_timesteps, "timestep")  # no host sync on an accelerator
 
     @property
     def timestep_scale(self) -> Optional[float]:

@@ -19,6 +19,7 @@ from typing import Any, Literal, Optional
 from ..atomic import check_output_directory
 from ..checkpoints import LoadedNetwork, load_classifier, load_diffusion_model, load_upsampler
 from ..cli_types import GuidanceScale
+from ..nets import apply_fast_paths
 from ..sampler_protocol import UPSAMPLER_STREAM
 from ..sampling import SamplerName
 from ..torch_files import check_torch_file
@@ -39,7 +40,7 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
            inpaint: Optional[str] = None, colorize: Optional[str] = None,
            upsampler: Optional[str] = None, upsampler_preset: Optional[str] = None,
            upsampler_sampler: Optional[SamplerName] = None, upsampler_steps: Optional[str] = None,
-           grid: bool = True, progress: bool = True):
+           compile: bool = False, channels_last: bool = False, grid: bool = True, progress: bool = True):
     """Generate samples from a diffusion model, optionally guided, into resumable shards and an ADM ``.npz``.
 
     Args:
@@ -76,6 +77,9 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
         upsampler_sampler: the upsampler's sampler (default: ``sampler``; ``eta`` applies to DDIM in both).
         upsampler_steps: the upsampler's respacing (default: ``steps`` when the samplers agree, else the
             sampler's default).
+        compile: ``torch.compile`` every network of the run (first shard slower; the images equal the
+            eager ones up to float rounding, so a run may be resumed with or without it).
+        channels_last: NHWC memory order for the convolutions (faster on GPUs with tensor cores).
         grid: write ``grid.png`` of the first samples.
         progress: show the progress bar.
     """
@@ -131,9 +135,9 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
 
     from .runner import Stage, ShardSampler, run_shards
 
-    freeze(model.network)
-    if guiding is not None:
-        freeze(guiding.network)
+    for network in [model.network] + ([guiding.network] if guiding else []) + (
+            [upsampler_stage.network] if super_resolution else []):
+        apply_fast_paths(freeze(network), compile, channels_last)
     base = Stage(model.network, model.diffusion, options, guidance_object, condition)
     module = ShardSampler(plan, output, base, upsampler_stage if super_resolution else None)
     size = model.config.image_size

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..atomic import check_output_directory
 from ..checkpoints import load_upsampler
+from ..nets import apply_fast_paths
 from ..sampling import SamplerName
 from ..torch_files import check_torch_file
 from .command import Precision, Strategy, file_fingerprint, sampler_options, upsampler_stage_of
@@ -26,8 +27,8 @@ def upsample(low_res: str, upsampler: str, output: str = "outputs/upsampled", *,
              sampler: SamplerName = "ddim", steps: Optional[str] = None, eta: float = 0.0,
              clip_denoised: bool = True, num_samples: Optional[int] = None, batch_size: int = 25, seed: int = 0,
              ema: bool = True, precision: Precision = "32-true", accelerator: str = "auto", devices: int = 1,
-             num_nodes: int = 1, strategy: Strategy = "auto", timeout_minutes: float = 30.0, grid: bool = True,
-             progress: bool = True):
+             num_nodes: int = 1, strategy: Strategy = "auto", timeout_minutes: float = 30.0,
+             compile: bool = False, channels_last: bool = False, grid: bool = True, progress: bool = True):
     """Upsample the images of an ADM sample ``.npz`` with a super-resolution model (ADM-U).
 
     Args:
@@ -50,6 +51,8 @@ def upsample(low_res: str, upsampler: str, output: str = "outputs/upsampled", *,
         num_nodes: nodes of a multi-node run.
         strategy: ``auto`` (DDP when several devices), ``ddp`` or ``ddp_spawn``.
         timeout_minutes: DDP collective timeout.
+        compile: ``torch.compile`` the upsampler (as ``gd sample --compile``).
+        channels_last: NHWC memory order for the convolutions.
         grid: write ``grid.png`` of the first samples.
         progress: show the progress bar.
     """
@@ -75,6 +78,7 @@ def upsample(low_res: str, upsampler: str, output: str = "outputs/upsampled", *,
     plan = SamplePlan(len(images), batch_size, seed, num_classes,
                       "all" if labels is None else tuple(int(label) for label in labels))
     stage = upsampler_stage_of(model, options)
+    apply_fast_paths(stage.network, compile, channels_last)
     settings = dict(low_res=file_fingerprint(low_res), num_samples=len(images), upsampler=file_fingerprint(upsampler),
                     preset=preset, ema=ema, sampler=sampler, steps=str(options["steps"]), eta=eta,
                     clip_denoised=clip_denoised, precision=precision, seed=seed, batch_size=batch_size)

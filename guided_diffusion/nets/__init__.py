@@ -18,10 +18,11 @@ from .layers import (
     timestep_embedding,
     zero_module,
 )
+from .fast_paths import apply_fast_paths
 from .unet import BackboneConfig, SuperResUNet, UNet, UNetConfig, default_channel_mult
 
 __all__ = [
     "AttentionBlock", "AttentionPool2d", "Downsample", "GroupNorm32", "QKVAttention", "QKVAttentionLegacy",
     "ResBlock", "TimestepEmbedSequential", "Upsample", "attention", "timestep_embedding", "zero_module",
-    "BackboneConfig", "SuperResUNet", "UNet", "UNetConfig", "default_channel_mult",
+    "BackboneConfig", "SuperResUNet", "UNet", "UNetConfig", "default_channel_mult", "apply_fast_paths",
 ]

@@ -18,6 +18,7 @@ plain matrix products and the head split is a view; this is numerically the refe
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -131,20 +132,42 @@ def num_attention_heads(channels: int, num_heads: int, num_head_channels: int) -
     return heads
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d)) v`` on ``(B, heads, T, d)`` tensors, softmax always in float32.
+AttentionPath = Literal["auto", "fused", "float32"]
+#: Devices whose fused ``scaled_dot_product_attention`` kernels (flash / memory-efficient) take bf16/fp16
+#: inputs and accumulate the softmax in float32 themselves: reduced-precision attention runs there as is.
+FUSED_ATTENTION_DEVICES = ("cuda",)
 
-    Uses :func:`torch.nn.functional.scaled_dot_product_attention`. When the inputs are bf16/fp16
-    (or autocast is active) they are upcast and the whole product runs in float32 with autocast
-    off, then the result is cast back to the input dtype; on CPU this is faster than the
-    reduced-precision kernel and it keeps the softmax in float32 (benchmarks/bench_unet.py).
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, path: AttentionPath = "auto") -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` on ``(B, heads, T, d)`` tensors, the softmax accumulated in float32.
+
+    Both paths call :func:`torch.nn.functional.scaled_dot_product_attention`; they differ only for
+    bf16/fp16 inputs or under autocast:
+
+    - ``"fused"``: q, k, v in the reduced dtype (autocast's, or the inputs') straight into the
+      kernel. On CUDA that is the flash / memory-efficient kernel, which keeps the softmax's running
+      max and sum in float32 (as the reference's fp16 mode, ``softmax(w.float())``) and never
+      materialises the T x T weights: the fast path at the 32/16/8 attention resolutions of ADM.
+    - ``"float32"``: upcast, autocast off, the product in float32, cast back. On CPU this is faster
+      than the reduced-precision kernel (``benchmarks/bench_unet.py``).
+
+    ``"auto"`` picks ``"fused"`` on :data:`FUSED_ATTENTION_DEVICES`, ``"float32"`` elsewhere. The
+    result has the dtype of ``q``.
     """
     device_type = q.device.type
-    if q.dtype in REDUCED_PRECISION or torch.is_autocast_enabled(device_type):
-        with torch.autocast(device_type, enabled=False):
-            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
-        return out.to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v)
+    autocast = torch.is_autocast_enabled(device_type)
+    if not (q.dtype in REDUCED_PRECISION or autocast):
+        return F.scaled_dot_product_attention(q, k, v)
+    if path == "auto":
+        path = "fused" if device_type in FUSED_ATTENTION_DEVICES else "float32"
+    if path == "fused":
+        dtype = torch.get_autocast_dtype(device_type) if autocast else q.dtype
+        return F.scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype)).to(q.dtype)
+    if path != "float32":
+        raise ValueError(f"attention path must be 'auto', 'fused' or 'float32', got {path!r}")
+    with torch.autocast(device_type, enabled=False):
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    return out.to(q.dtype)
 
 
 # ----------------------------------------------------------------------------------------------

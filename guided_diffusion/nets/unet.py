@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..tensor_checks import check_index_range
 from .layers import (
     AttentionBlock,
     Downsample,
@@ -339,8 +340,7 @@ class UNet(nn.Module):
             if y.shape != (batch,) or y.dtype.is_floating_point or y.dtype == torch.bool:
                 raise ValueError(f"y must be an integer tensor of shape ({batch},), got {y.dtype} {tuple(y.shape)}")
             num_labels = num_classes + int(self.config.null_class)  # index num_classes = "no label"
-            if not torch.compiler.is_compiling() and bool(((y < 0) | (y >= num_labels)).any()):
-                raise ValueError(f"labels must lie in [0, {num_labels}), got min {int(y.min())}, max {int(y.max())}")
+            check_index_range(y, num_labels, "label")  # no host sync on an accelerator
         t = check_timesteps(t, batch, device)
         with torch.autocast(device.type, enabled=False):
             emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(self.time_embed[0].weight.dtype))

@@ -11,8 +11,10 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from ..nets.fast_paths import apply_fast_paths
 from .loss_stats import quartile_means
 from .lr_schedule import LrSchedule, build_lr_scheduler
+from .skipped_steps import SkippedSteps, scaler_found_inf
 
 
 #: Validation, test and predict noise is seeded from this, the batch index and the rank, so that
@@ -23,11 +25,14 @@ VALIDATION_SEED = 2021
 class TrainingModule(LightningModule):
     """Base of :class:`DiffusionModule` and ``NoisyClassifierModule``; subclasses set ``self.model``.
 
-    Non-finite losses: the decision is made from the losses all-gathered from every rank, so all
-    ranks agree. The backward pass still runs (DDP's gradient all-reduce must happen on every
-    rank), then the gradients are dropped before the optimizer step, so the weights, the optimizer
-    state and the EMA are untouched; the step is counted (``train/nonfinite_steps``), and
-    ``max_consecutive_nonfinite`` skipped steps in a row stop training with an error naming them.
+    Skipped steps (:mod:`.skipped_steps`): a non-finite loss (decided from the losses all-gathered
+    from every rank, so all ranks agree) drops the gradients before the optimizer step (the
+    backward still runs: DDP's all-reduce must happen on every rank), so the weights, the optimizer
+    state and the EMA are untouched; ``max_consecutive_nonfinite`` such steps in a row stop
+    training with an error naming them. Under ``16-mixed`` the loss scaler's own skips (inf
+    gradients) are recognised too. After either, neither the EMA nor the LR schedule advances (as
+    ADM's ``took_step``); ``train/nonfinite_steps`` and ``train/scaler_skipped_steps`` count them per
+    optimizer step.
 
     Args:
         lr: AdamW learning rate.
@@ -36,13 +41,18 @@ class TrainingModule(LightningModule):
         lr_anneal_steps: decay the LR to 0 at this step (0 = constant); see :func:`build_lr_scheduler`.
         max_consecutive_nonfinite: raise after this many consecutive non-finite losses.
         lr_schedule: shape of the decay, ``"linear"`` (ADM) or ``"cosine"``.
+        compile: ``torch.compile`` the networks (in place: checkpoints are unchanged), applied when the
+            Trainer sets the module up (:func:`guided_diffusion.nets.apply_fast_paths`).
+        channels_last: keep 4-d weights, and so the convolutions, in NHWC memory order.
     """
 
     model: nn.Module
 
     def __init__(self, lr: float, weight_decay: float, lr_warmup_steps: int, lr_anneal_steps: int,
-                 max_consecutive_nonfinite: int, lr_schedule: LrSchedule = "linear"):
+                 max_consecutive_nonfinite: int, lr_schedule: LrSchedule = "linear", *, compile: bool = False,
+                 channels_last: bool = False):
         super().__init__()
+        self.compile_networks, self.channels_last = compile, channels_last
         if lr <= 0 or weight_decay < 0 or lr_warmup_steps < 0 or lr_anneal_steps < 0:
             raise ValueError(f"need lr > 0 and non-negative weight_decay, lr_warmup_steps, lr_anneal_steps; got "
                              f"{lr}, {weight_decay}, {lr_warmup_steps}, {lr_anneal_steps}")
@@ -56,10 +66,19 @@ class TrainingModule(LightningModule):
             raise ValueError(f"lr_anneal_steps ({lr_anneal_steps}) must exceed lr_warmup_steps ({lr_warmup_steps})")
         self.lr_schedule = lr_schedule
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
-        self.nonfinite_steps = 0
-        self.consecutive_nonfinite = 0
-        self._skip_step = False
+        self.skipped = SkippedSteps(max_consecutive_nonfinite)
         self._generators: dict[str, torch.Generator] = {}
+
+    # ------------------------------------------------------------------ fast paths
+    def fast_path_networks(self) -> list[nn.Module]:
+        """The networks ``compile`` and ``channels_last`` apply to: the trained one and its EMA copy, if any."""
+        ema = getattr(self, "ema", None)
+        return [self.model] + ([ema.module] if ema is not None else [])
+
+    def configure_model(self) -> None:
+        """Lightning's hook before the strategy wraps the module (DDP): the fast paths, once."""
+        for network in self.fast_path_networks():
+            apply_fast_paths(network, self.compile_networks, self.channels_last)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
@@ -68,8 +87,12 @@ class TrainingModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        if self._skip_step:
+        if self.skipped.loss_nonfinite:
             optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without gradients alone
+            return
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        if scaler is not None and scaler_found_inf(scaler, optimizer):
+            self.skipped.scaler_found_inf = True  # GradScaler.step will skip this update
             return
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         params = [p.detach() for p in self.model.parameters()]
@@ -79,9 +102,22 @@ class TrainingModule(LightningModule):
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
-        if not self._skip_step:
+        warning = self.skipped.end_step(self.global_step - 1)  # the step just taken (or skipped)
+        if warning:
+            rank_zero_warn(warning)
+        if self.skipped.last_applied:
             self.on_weights_updated()
-        self._skip_step = False
+        self.log("train/nonfinite_steps", float(self.skipped.nonfinite))
+        self.log("train/scaler_skipped_steps", float(self.skipped.scaler))
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        """The LR schedule follows the updates that were applied (a skipped step does not advance it)."""
+        if self.skipped.last_applied:
+            super().lr_scheduler_step(scheduler, metric)
+
+    @property
+    def nonfinite_steps(self) -> int:
+        return self.skipped.nonfinite
 
     def describe_weights(self, weights: Literal["ema", "raw"] = "ema") -> str:
         """Which weights ``weights`` names, for captions and logs (the EMA's schedule and update count)."""
@@ -94,23 +130,13 @@ class TrainingModule(LightningModule):
         """Called after every optimizer step that changed the weights (the EMA update)."""
 
     def check_finite(self, losses: torch.Tensor) -> None:
-        """Mark this step to be skipped when any of ``losses`` (gathered from all ranks) is non-finite."""
-        if bool(torch.isfinite(losses).all()):
-            self.consecutive_nonfinite = 0
-        else:
-            self._skip_step = True
-            self.nonfinite_steps += 1
-            self.consecutive_nonfinite += 1
-            first = self.global_step - self.consecutive_nonfinite + 1
-            if self.consecutive_nonfinite >= self.max_consecutive_nonfinite:
-                raise FloatingPointError(
-                    f"training stopped at step {self.global_step}: the loss was non-finite in "
-                    f"{self.consecutive_nonfinite} consecutive steps ({first}..{self.global_step}); those updates "
-                    "were skipped, so the weights (and the EMA) are still finite. Lower the learning rate, enable "
-                    "gradient clipping (trainer.gradient_clip_val) or use bf16-mixed instead of 16-mixed.")
-            rank_zero_warn(f"non-finite loss at step {self.global_step}: optimizer step skipped "
-                           f"({self.nonfinite_steps} skipped so far)")
-        self.log("train/nonfinite_steps", float(self.nonfinite_steps))
+        """Mark this optimizer step to be skipped when any of ``losses`` (gathered from all ranks) is non-finite.
+
+        The one value a training step reads back from the device (``GradScaler`` reads one too, to
+        decide its own skips).
+        """
+        if not bool(torch.isfinite(losses).all()):
+            self.skipped.loss_nonfinite = True
 
     # ------------------------------------------------------------------ distributed helpers
     def generator(self, device: torch.device) -> torch.Generator:
@@ -205,8 +231,9 @@ class TrainingModule(LightningModule):
         self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
 
 
-def _total_norm(tensors: list[torch.Tensor]) -> float:
+def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor | float:
+    """The global L2 norm, left on the device (Lightning reads logged tensors only when it writes a log line)."""
     if not tensors:
         return 0.0
     norms = torch._foreach_norm([t.float() for t in tensors])
-    return float(torch.linalg.vector_norm(torch.stack(norms)))
+    return torch.linalg.vector_norm(torch.stack(norms))

@@ -103,6 +103,8 @@ class DiffusionModule(TrainingModule):
         max_consecutive_nonfinite: stop after this many consecutive non-finite losses.
         sampler: sampler of :meth:`sample` and ``predict`` (``"ddim"``, ``"ddpm"``, ``"dpm-solver"``).
         sampling_steps: respacing of :meth:`sample` and ``predict`` (e.g. ``"ddim25"``, ``"250"``).
+        compile: ``torch.compile`` the network (and its EMA copy) in place when training starts.
+        channels_last: NHWC memory order for the convolutions.
     """
 
     def __init__(self, network: UNetConfig | str = "mnist32_adm", diffusion: Optional[DiffusionConfig] = None,
@@ -113,8 +115,9 @@ class DiffusionModule(TrainingModule):
                  sampler: Literal["ddim", "ddpm", "dpm-solver"] = "ddim", sampling_steps: str = "ddim25",
                  lr_schedule: LrSchedule = "linear", ema_schedule: EmaSchedule = "rate", ema_power_gamma: float = 6.94,
                  loss_weighting: MseWeighting = "none", min_snr_gamma: float = 5.0, min_snr_floor: float = 0.0,
-                 p2_gamma: float = 1.0, p2_k: float = 1.0):
-        super().__init__(lr, weight_decay, lr_warmup_steps, lr_anneal_steps, max_consecutive_nonfinite, lr_schedule)
+                 p2_gamma: float = 1.0, p2_k: float = 1.0, compile: bool = False, channels_last: bool = False):
+        super().__init__(lr, weight_decay, lr_warmup_steps, lr_anneal_steps, max_consecutive_nonfinite, lr_schedule,
+                         compile=compile, channels_last=channels_last)
         config, diffusion_config = resolve_diffusion_network(network, diffusion, label_dropout)
         # Plain values only (dataclasses as dicts): checkpoints then load with weights_only=True.
         # ``_class_path`` lets ``gd validate|test|predict --ckpt_path FILE`` rebuild the module from the file.

@@ -125,6 +125,8 @@ class NCSNModule(TrainingModule):
         sampler: sampler of :meth:`sample` and ``predict`` (default annealed Langevin).
         steps_per_level: Langevin steps per noise level (T) of annealed Langevin.
         step_size: eps of alpha_i = eps sigma_i^2 / sigma_L^2; ``None`` = Technique 4 for T and gamma.
+        compile: ``torch.compile`` the network (and its EMA copy) in place when training starts.
+        channels_last: NHWC memory order for the convolutions.
     """
 
     def __init__(self, network: UNetConfig | str = "mnist32_adm", sigma_max: Optional[float] = None,
@@ -132,8 +134,10 @@ class NCSNModule(TrainingModule):
                  max_data_points: int = 10000, scale_input: bool = True, lr: float = 1e-4, weight_decay: float = 0.0,
                  lr_warmup_steps: int = 0, lr_anneal_steps: int = 0, ema_rate: float = 0.999, ema_warmup: bool = True,
                  max_consecutive_nonfinite: int = 10, sampler: NCSNSampler = "annealed-langevin",
-                 steps_per_level: int = 5, step_size: Optional[float] = None):
-        super().__init__(lr, weight_decay, lr_warmup_steps, lr_anneal_steps, max_consecutive_nonfinite)
+                 steps_per_level: int = 5, step_size: Optional[float] = None, compile: bool = False,
+                 channels_last: bool = False):
+        super().__init__(lr, weight_decay, lr_warmup_steps, lr_anneal_steps, max_consecutive_nonfinite,
+                         compile=compile, channels_last=channels_last)
         config = resolve_ncsn_network(network)
         check_noise_range(sigma_min, sigma_max, num_scales)
         if not 0 < overlap < 1:

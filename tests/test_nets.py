@@ -140,9 +140,9 @@ def test_forward_shapes_and_input_errors():
     assert model(x, 7, y).shape == (2, 6, 16, 16)  # scalar t broadcast
     with pytest.raises(ValueError, match=r"pass labels y"):
         model(x, t)
-    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+    with pytest.raises(ValueError, match=r"label 5 is out of range \[0, 4\]"):
         model(x, t, torch.tensor([0, 5]))
-    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+    with pytest.raises(ValueError, match=r"label -1 is out of range \[0, 4\]"):
         model(x, t, torch.tensor([-1, 0]))
     with pytest.raises(ValueError, match="integer tensor of shape"):
         model(x, t, torch.tensor([0.0, 1.0]))

@@ -102,7 +102,7 @@ class TrainingModule(LightningModule):
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
-        warning = self.skipped.end_step(self.global_step - 1)  # the step just taken (or skipped)
+        warning = self.skipped.end_step(self.global_step)  # the step just taken or skipped (counted after this hook)
         if warning:
             rank_zero_warn(warning)
         if self.skipped.last_applied:
@@ -225,10 +225,12 @@ class TrainingModule(LightningModule):
         self._log_evaluation("test")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["nonfinite_steps"] = self.nonfinite_steps
+        checkpoint["nonfinite_steps"] = self.skipped.nonfinite
+        checkpoint["scaler_skipped_steps"] = self.skipped.scaler
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
+        self.skipped.nonfinite = int(checkpoint.get("nonfinite_steps", 0))
+        self.skipped.scaler = int(checkpoint.get("scaler_skipped_steps", 0))
 
 
 def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor | float:

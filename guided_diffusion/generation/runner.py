@@ -31,7 +31,7 @@ from ..sampler_protocol import NOISE_STREAM
 from ..sampling import Guidance, sample
 from .conditions import ImageCondition
 from .plan import SamplePlan
-from .shards import check_manifest, complete_shards, merge_shards, read_shard, shard_path, shard_problem, write_shard
+from .shards import arrays_problem, check_manifest, complete_shards, merge_shards, read_shard, shard_path, write_shard
 
 #: Sub-directory of a cascade run that holds the base model's (low-resolution) shards and merged ``.npz``.
 LOW_RES_DIRECTORY = "low_res"
@@ -136,8 +136,13 @@ class ShardSampler(L.LightningModule):
             return self.low_res[indices.start:indices.stop]
         directory = self.directory / LOW_RES_DIRECTORY
         path = shard_path(directory, shard)
-        if path.exists() and shard_problem(path, self.plan, shard) is None:
-            return read_shard(path)[0]
+        if path.exists():  # kept from an interrupted run: reused if it is intact (read once)
+            try:
+                kept, kept_labels = read_shard(path)
+                if arrays_problem(kept, kept_labels, self.plan, shard) is None:
+                    return kept
+            except ValueError:
+                pass  # unreadable: sampled again and rewritten atomically
         images = to_uint8_nhwc(self.base.images(self.plan, shard, on_device, self.device).float()).cpu().numpy()
         write_shard(directory, shard, images, None if labels is None else labels.numpy())
         return images

@@ -46,6 +46,11 @@ def shard_problem(path: Path, plan: SamplePlan, shard: int) -> Optional[str]:
         images, labels = read_shard(path)
     except ValueError as error:
         return str(error)
+    return arrays_problem(images, labels, plan, shard)
+
+
+def arrays_problem(images: np.ndarray, labels: Optional[np.ndarray], plan: SamplePlan, shard: int) -> Optional[str]:
+    """Why arrays read from a shard file are not ``shard`` of ``plan`` (wrong count, dtype or labels), or ``None``."""
     expected = plan.labels(shard)
     if images.ndim != 4 or images.dtype != np.uint8 or images.shape[0] != len(plan.shard_indices(shard)):
         count = len(plan.shard_indices(shard))

@@ -5,6 +5,8 @@ On CUDA (defaults: the ``adm_imagenet64`` preset, batch 64 sampling, batch 16 tr
 * train step images/s (forward + hybrid loss + backward + AdamW) in bf16 and fp16 autocast, eager
   and compiled, and the peak memory of each;
 * classifier-guided DDIM-25 sampling images/s (``64_classifier``-shaped classifier, scale 1.0);
+* the per-sample noise of one sampling step: one ``torch.Generator`` per sample (B calls) against the
+  vectorised Philox streams (``--noise philox``, the default on accelerators);
 * agreement of a bf16 forward with the fp32 forward (relative L2 error of eps), and of the
   fused-attention path with the float32 one.
 
@@ -24,6 +26,7 @@ from guided_diffusion.diffusion import DiffusionConfig
 from guided_diffusion.guidance import ClassifierGuidance
 from guided_diffusion.nets import apply_fast_paths
 from guided_diffusion.presets import get_preset
+from guided_diffusion.sampler_protocol import randn, sample_noise
 from guided_diffusion.sampling import sample
 
 
@@ -97,6 +100,19 @@ def sampling_rate(preset, classifier_preset, diffusion, device, dtype, compile_,
     return batch / (time.perf_counter() - start), _peak_mib(device)
 
 
+def noise_milliseconds(shape, device, kind: str, repeats: int = 20) -> float:
+    """Milliseconds per sampling step's per-sample noise of a batch (``generators``: B ``randn`` calls; ``philox``:
+    one vectorised draw)."""
+    streams = sample_noise(0, range(shape[0]), device, kind=kind)
+    randn(shape, streams, device)  # warm-up
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        randn(shape, streams, device)
+    _synchronize(device)
+    return 1000 * (time.perf_counter() - start) / repeats
+
+
 def agreement(preset, diffusion, device, batch) -> dict[str, float]:
     """Relative L2 error against the fp32 output: bf16 autocast (default attention path), and the two
     attention paths under bf16."""
@@ -154,6 +170,10 @@ def main(argv=None) -> None:
     print(f"{'what':32s} {'dtype':>9s} {'compile':>8s} {'img/s':>9s} {'peak MiB':>9s}")
     for what, dtype, compile_, rate, peak in rows:
         print(f"{what:32s} {dtype:>9s} {str(compile_):>8s} {rate:9.2f} {peak:>9s}")
+    shape = (sample_batch, preset.config.in_channels, preset.config.image_size, preset.config.image_size)
+    for kind in ("generators", "philox"):
+        milliseconds = noise_milliseconds(shape, device, kind)
+        print(f"per-sample noise of one step, batch {sample_batch}, {kind:10s}: {milliseconds:8.3f} ms")
     for what, error in agreement(preset, diffusion, device, train_batch).items():
         print(f"agreement with fp32, {what:26s}: relative L2 error {error:.4e}")
 

@@ -21,7 +21,7 @@ PACKAGES = ("guided_diffusion", "classifiers")
 #: bottom to top; a unit may import units of its own layer or of layers below it.
 LAYERS: dict[str, tuple[str, ...]] = {
     "foundation": ("guided_diffusion", "guided_diffusion.atomic", "guided_diffusion.torch_files",
-                   "guided_diffusion.tensor_checks",
+                   "guided_diffusion.tensor_checks", "guided_diffusion.philox",
                    "guided_diffusion.images", "guided_diffusion.mixture", "guided_diffusion.sampler_protocol"),
     "core": ("guided_diffusion.diffusion", "guided_diffusion.nets", "guided_diffusion.guidance", "classifiers",
              "classifiers.encoder", "classifiers.timm_classifier"),

@@ -157,6 +157,24 @@ def test_a_crashed_run_resumes_and_completes_exactly(checkpoints, tmp_path, monk
         sample(checkpoints["diffusion"], str(tmp_path / "run"), **{**options, "seed": 8})
 
 
+def test_philox_noise_runs_are_independent_of_the_batch_size_and_part_of_the_run(checkpoints, tmp_path):
+    """``--noise philox`` (the default on accelerators): DDPM draws fresh noise at every step; shards of 2 and of
+    3 give the same images; the images differ from the generator streams', and a resume with the other kind is
+    refused."""
+    options = dict(classifier=checkpoints["classifier"], scale=2.0, num_samples=5, classes="random", seed=5,
+                   sampler="ddpm", steps="4", progress=False)
+    twos = read(sample(checkpoints["diffusion"], str(tmp_path / "twos"), batch_size=2, noise="philox",
+                       **options).samples)
+    threes = read(sample(checkpoints["diffusion"], str(tmp_path / "threes"), batch_size=3, noise="philox",
+                         **options).samples)
+    assert np.array_equal(twos["arr_0"], threes["arr_0"]) and np.array_equal(twos["arr_1"], threes["arr_1"])
+    generators = read(sample(checkpoints["diffusion"], str(tmp_path / "generators"), batch_size=2,
+                             noise="generators", **options).samples)
+    assert np.array_equal(generators["arr_1"], twos["arr_1"]) and not np.array_equal(generators["arr_0"], twos["arr_0"])
+    with pytest.raises(ValueError, match=r"different run.*'noise'"):
+        sample(checkpoints["diffusion"], str(tmp_path / "twos"), batch_size=2, noise="generators", **options)
+
+
 def test_a_bad_shard_is_set_aside_and_sampled_again(checkpoints, tmp_path, capsys):
     """A shard cut short (a full disk, a copy) or holding other samples' labels is renamed *.bad and redone."""
     options = dict(num_samples=12, classes="random", seed=3, **FAST)

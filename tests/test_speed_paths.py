@@ -3,6 +3,9 @@ a value back from the device (run on the ``meta`` device, where any such read ra
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from guided_diffusion.diffusion import DiffusionConfig
 from guided_diffusion.guidance import ClassifierGuidance
 from guided_diffusion.nets import UNet, UNetConfig
 from guided_diffusion.nets.layers import attention
+from guided_diffusion.sampler_protocol import PhiloxStreams, sample_noise
 from guided_diffusion.sampling import sample
 from guided_diffusion.tensor_checks import check_index_range
 
@@ -81,14 +85,18 @@ def _meta_models():
 @pytest.mark.parametrize("sampler, steps", [("ddim", "ddim3"), ("ddpm", "3")])
 def test_a_guided_sampling_run_never_reads_a_value_back_from_the_device(sampler, steps, meta_device):
     """On the meta device ``int()``, ``bool()`` and ``.item()`` raise: a sampler that ran here makes no host sync
-    per step (checks are device assertions, the timestep map is indexed on the device)."""
+    per step (checks are device assertions, the timestep map is indexed on the device, the per-sample noise is
+    Philox streams computed on the device, as ``auto`` picks off the CPU)."""
     model, classifier = _meta_models()
     diffusion = DiffusionConfig(steps=100, noise_schedule="cosine", learn_sigma=True).build()
     x_T = torch.empty(2, 3, 16, 16, device="meta")
     y = torch.empty(2, dtype=torch.long, device="meta")
-    out = sample(model, diffusion, x_T, sampler=sampler, steps=steps, y=y,
+    noise = sample_noise(0, [0, 1], "meta")
+    assert isinstance(noise, PhiloxStreams)
+    out = sample(model, diffusion, x_T, sampler=sampler, steps=steps, y=y, generator=noise,
                  guidance=ClassifierGuidance(classifier, 1.0), progress=False)
     assert out.shape == (2, 3, 16, 16) and out.device.type == "meta"
+    assert noise.draws == (2 if sampler == "ddpm" else 0)  # DDPM draws fresh noise at every step but the last
 
 
 def test_a_training_loss_never_reads_a_value_back_from_the_device(meta_device):
@@ -186,16 +194,48 @@ def test_a_compiled_training_run_writes_a_plain_checkpoint(tmp_path):
 
 
 def test_the_gpu_check_runs_on_cpu(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
-    spec = importlib.util.spec_from_file_location("gpu_check", path)
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    gpu_check = _load_benchmark("gpu_check")
     gpu_check.main(["--device", "cpu", "--small", "--no-compile", "--train_steps", "1"])
     out = capsys.readouterr().out
-    for row in ("train step, batch 2", "float16", "guided DDIM-2, batch 2", "bf16 fused attention"):
+    for row in ("train step, batch 2", "float16", "guided DDIM-2, batch 2", "bf16 fused attention",
+                "noise of one step, batch 2, philox"):
         assert row in out
     errors = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "relative L2 error" in line]
     assert len(errors) == 3 and all(0 < e < 0.05 for e in errors), errors
+
+
+def _load_benchmark(name: str):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_reference_benchmark_imports_a_checkout_beside_this_project(tmp_path, capsys):
+    """``bench_reference.py --reference DIR`` loads a package named ``guided_diffusion`` (relative imports) as
+    ``reference_guided_diffusion`` while this project's ``guided_diffusion`` stays the one imported; a directory
+    without the package is one clear line; without a reference only this project's rows are timed."""
+    bench = _load_benchmark("bench_reference")
+    package = tmp_path / "checkout" / "guided_diffusion"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "nn.py").write_text("VALUE = 3\n")
+    (package / "unet.py").write_text("from .nn import VALUE\n")
+    (package / "script_util.py").write_text("from . import unet\n")
+    try:
+        unet, script_util = bench.import_reference(tmp_path / "checkout")
+        assert unet.__name__ == "reference_guided_diffusion.unet" and unet.VALUE == 3 and script_util.unet is unet
+        assert Path(unet.__file__).parent == package
+    finally:
+        for name in [name for name in sys.modules if name.startswith(bench.REFERENCE_PACKAGE)]:
+            del sys.modules[name]
+    import guided_diffusion
+
+    assert Path(guided_diffusion.__file__).resolve().parents[1] == Path(__file__).resolve().parents[1]
+    with pytest.raises(SystemExit, match="no guided_diffusion package"):
+        bench.import_reference(tmp_path)
+    bench.main(["--preset", "mnist32_adm", "--classifier", "mnist32_classifier", "--batch", "2", "--rounds", "1",
+                "--precisions", "fp32", "--no-memory"])
+    out = capsys.readouterr().out
+    assert "ours" in out and "reference" not in out.split("medians")[-1] and "GFLOP" in out

@@ -20,7 +20,7 @@ from ..atomic import check_output_directory
 from ..checkpoints import LoadedNetwork, load_classifier, load_diffusion_model, load_upsampler
 from ..cli_types import GuidanceScale
 from ..nets import apply_fast_paths
-from ..sampler_protocol import UPSAMPLER_STREAM
+from ..sampler_protocol import UPSAMPLER_STREAM, NoiseKind
 from ..sampling import SamplerName
 from ..torch_files import check_torch_file
 from .pairing import GuidanceKind, build_guidance, check_upsampler, freeze, label_count
@@ -34,8 +34,9 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
            classifier: Optional[str] = None, classifier_preset: Optional[str] = None,
            guidance: GuidanceKind = "auto", scale: GuidanceScale = 1.0,
            sampler: SamplerName = "ddim", steps: Optional[str] = None, eta: float = 0.0, clip_denoised: bool = True,
-           classes: str = "all", num_samples: int = 100, batch_size: int = 25, seed: int = 0, ema: bool = True,
-           precision: Precision = "32-true", accelerator: str = "auto", devices: int = 1, num_nodes: int = 1,
+           classes: str = "all", num_samples: int = 100, batch_size: int = 25, seed: int = 0,
+           noise: NoiseKind = "auto", ema: bool = True, precision: Precision = "32-true", accelerator: str = "auto",
+           devices: int = 1, num_nodes: int = 1,
            strategy: Strategy = "auto", timeout_minutes: float = 30.0,
            inpaint: Optional[str] = None, colorize: Optional[str] = None,
            upsampler: Optional[str] = None, upsampler_preset: Optional[str] = None,
@@ -61,6 +62,9 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
         num_samples: how many samples in total.
         batch_size: samples per shard and per forward pass.
         seed: sample i depends only on (seed, i).
+        noise: per-sample noise streams: ``generators`` (a ``torch.Generator`` per sample), ``philox``
+            (counter-based Philox streams, the batch in one vectorised draw) or ``auto`` (``philox`` on
+            accelerators, ``generators`` on CPU). Part of the run's identity.
         ema: use the EMA weights of a ``.ckpt`` (``false``: the raw training weights).
         precision: Lightning precision (``bf16-mixed`` is ~1.5-2x faster on CPUs with bf16 and on GPUs).
         accelerator: ``cpu``, ``gpu``, ``auto``...
@@ -104,7 +108,8 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
     guidance_object = build_guidance(guidance, scale, model, guiding)
     num_classes = label_count(model, guiding)
     chosen = parse_classes(classes, num_classes)
-    plan = SamplePlan(num_samples, batch_size, seed, num_classes, chosen if isinstance(chosen, str) else tuple(chosen))
+    plan = SamplePlan(num_samples, batch_size, seed, num_classes, chosen if isinstance(chosen, str) else tuple(chosen),
+                      noise)
     model.diffusion.respace(options["steps"])  # a bad respacing string fails now, not on the first shard
     condition = None
     if inpaint or colorize:

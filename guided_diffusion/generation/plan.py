@@ -15,7 +15,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import torch
 
-from ..sampler_protocol import LABEL_STREAM, NOISE_STREAM, sample_generators
+from ..sampler_protocol import LABEL_STREAM, NOISE_STREAM, NoiseKind, PhiloxStreams, resolve_noise, sample_noise
 
 ClassChoice = Literal["all", "random"]
 
@@ -62,6 +62,8 @@ class SamplePlan:
         num_classes: class count of the labels (``None``: no labels).
         classes: ``"all"`` cycles 0..K-1 by index, ``"random"`` draws uniformly per sample, a list
             cycles through the given labels by index.
+        noise: how the per-sample noise is drawn (:data:`~guided_diffusion.sampler_protocol.NoiseKind`):
+            ``generators``, ``philox`` or ``auto`` (``philox`` on accelerators, ``generators`` on CPU).
     """
 
     num_samples: int
@@ -69,8 +71,10 @@ class SamplePlan:
     seed: int = 0
     num_classes: Optional[int] = None
     classes: ClassChoice | tuple[int, ...] = "all"
+    noise: NoiseKind = "auto"
 
     def __post_init__(self):
+        resolve_noise(self.noise, "cpu")  # a bad kind fails here
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be positive, got {self.num_samples}")
         if self.batch_size < 1:
@@ -110,6 +114,7 @@ class SamplePlan:
         return torch.tensor([self.label(i) for i in self.shard_indices(shard)], dtype=torch.long)
 
     def generators(self, shard: int, device: torch.device | str = "cpu",
-                   stream: int = NOISE_STREAM) -> list[torch.Generator]:
-        """One generator per sample, seeded from ``(seed, index, stream)``: the sample's noise is its own."""
-        return sample_generators(self.seed, self.shard_indices(shard), device, stream)
+                   stream: int = NOISE_STREAM) -> list[torch.Generator] | PhiloxStreams:
+        """The shard's per-sample noise streams, seeded from ``(seed, index, stream)``: each sample's noise is
+        its own (one generator per sample, or Philox streams, as ``noise`` says on ``device``)."""
+        return sample_noise(self.seed, self.shard_indices(shard), device, stream, self.noise)

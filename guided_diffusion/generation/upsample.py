@@ -15,6 +15,7 @@ import numpy as np
 from ..atomic import check_output_directory
 from ..checkpoints import load_upsampler
 from ..nets import apply_fast_paths
+from ..sampler_protocol import NoiseKind
 from ..sampling import SamplerName
 from ..torch_files import check_torch_file
 from .command import Precision, Strategy, file_fingerprint, sampler_options, upsampler_stage_of
@@ -26,7 +27,8 @@ from .plan import SamplePlan
 def upsample(low_res: str, upsampler: str, output: str = "outputs/upsampled", *, preset: Optional[str] = None,
              sampler: SamplerName = "ddim", steps: Optional[str] = None, eta: float = 0.0,
              clip_denoised: bool = True, num_samples: Optional[int] = None, batch_size: int = 25, seed: int = 0,
-             ema: bool = True, precision: Precision = "32-true", accelerator: str = "auto", devices: int = 1,
+             noise: NoiseKind = "auto", ema: bool = True, precision: Precision = "32-true", accelerator: str = "auto",
+             devices: int = 1,
              num_nodes: int = 1, strategy: Strategy = "auto", timeout_minutes: float = 30.0,
              compile: bool = False, channels_last: bool = False, grid: bool = True, progress: bool = True):
     """Upsample the images of an ADM sample ``.npz`` with a super-resolution model (ADM-U).
@@ -44,6 +46,7 @@ def upsample(low_res: str, upsampler: str, output: str = "outputs/upsampled", *,
         num_samples: upsample the first N images (default: all).
         batch_size: samples per shard and per forward pass.
         seed: image i's noise depends only on (seed, i).
+        noise: per-sample noise streams (``generators``, ``philox`` or ``auto``, as ``gd sample --noise``).
         ema: use the EMA weights of a ``.ckpt``.
         precision: Lightning precision.
         accelerator: ``cpu``, ``gpu``, ``auto``...
@@ -76,12 +79,13 @@ def upsample(low_res: str, upsampler: str, output: str = "outputs/upsampled", *,
     if model.num_classes is not None:
         num_classes = model.num_classes
     plan = SamplePlan(len(images), batch_size, seed, num_classes,
-                      "all" if labels is None else tuple(int(label) for label in labels))
+                      "all" if labels is None else tuple(int(label) for label in labels), noise)
     stage = upsampler_stage_of(model, options)
     apply_fast_paths(stage.network, compile, channels_last)
     settings = dict(low_res=file_fingerprint(low_res), num_samples=len(images), upsampler=file_fingerprint(upsampler),
                     preset=preset, ema=ema, sampler=sampler, steps=str(options["steps"]), eta=eta,
-                    clip_denoised=clip_denoised, precision=precision, seed=seed, batch_size=batch_size)
+                    clip_denoised=clip_denoised, precision=precision, seed=seed, batch_size=batch_size,
+                    noise=noise)
 
     from .runner import ShardSampler, run_shards
 

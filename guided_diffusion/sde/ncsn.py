@@ -44,7 +44,7 @@ from scipy import optimize, stats
 from torch import nn
 
 from ..diffusion.prediction import score_from_eps
-from ..sampler_protocol import Generators, randn
+from ..sampler_protocol import Generators, PhiloxStreams, randn
 from .models import EpsScoreModel
 from .sdes import VESDE, as_time, broadcast
 
@@ -160,6 +160,8 @@ def _randint(high: int, count: int, generator: Generators, device) -> torch.Tens
         return torch.randint(high, (count,), generator=generator, device=device)
     if len(generator) != count:
         raise ValueError(f"{len(generator)} generators for a batch of {count}")
+    if isinstance(generator, PhiloxStreams):
+        return generator.randint(high).to(device)
     return torch.cat([torch.randint(high, (1,), generator=g, device=device) for g in generator])
 
 

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..evaluation.accumulate import RunningFeatureStatistics
 from ..evaluation.features import ResizeMode, build_feature_extractor
 from ..evaluation.metrics import FeatureStatistics, frechet_distance_with_root, symmetric_sqrt
-from ..sampler_protocol import sample_generators
+from ..sampler_protocol import sample_noise
 
 FeatureChoice = Literal["auto", "inception", "mnist"]
 
@@ -44,7 +44,7 @@ class SmallSampleFIDCallback(Callback):
     The samples are drawn with ``pl_module.sample(n, labels, sampler=, steps=, generator=)`` (the EMA
     network of :class:`~guided_diffusion.training.DiffusionModule`) under the trainer's precision
     context; features are extracted in float32 outside it. Sample ``i`` always uses the noise of
-    :func:`~guided_diffusion.sampler_protocol.sample_generators` ``(seed, [i])`` and, for a
+    :func:`~guided_diffusion.sampler_protocol.sample_noise` ``(seed, [i])`` and, for a
     class-conditional model, the label ``i mod num_classes`` (balanced classes): the same sample set
     at every evaluation and on any number of devices, and sample ``i`` of ``gd sample --seed S
     --classes all`` with the same sampler. Neither the EMA nor the feature network ever requires grad, and
@@ -168,7 +168,7 @@ class SmallSampleFIDCallback(Callback):
         num_classes = getattr(pl_module, "num_classes", None)
         for start in range(0, len(indices), self.batch_size):
             chunk = indices[start:start + self.batch_size]
-            generators = sample_generators(self.seed, chunk, pl_module.device)
+            generators = sample_noise(self.seed, chunk, pl_module.device)
             labels = (torch.tensor(chunk, device=pl_module.device) % num_classes) if num_classes else None
             with trainer.precision_plugin.forward_context():
                 images = pl_module.sample(len(chunk), labels, sampler=self.sampler, steps=self.steps,

@@ -11,11 +11,32 @@ A guidance corrects the model's prediction in the form the sampler needs:
 The classifier always sees the *original* timestep, and its gradient is taken at x_t with only
 its own graph: the diffusion model's prediction is made under ``no_grad``. Scale 0 is exactly
 unguided (the classifier is not even called).
+
+Where and how much to guide (beyond ADM's constant scale at every step) is a function of the step's
+:class:`NoiseLevel`, known on the host: a sampler asks ``guidance.at(level)`` for the guidance of a step
+(``step_dependent`` guidance only) and ``guidance.start()`` for a run's own copy (state such as a reused
+gradient). The options of :class:`ClassifierGuidance`:
+
+- ``interval`` (Kynkaenniemi et al. 2024): guide only where t (or sigma = sigma_t / alpha_t) lies in
+  [lo, hi]; outside, the classifier is not evaluated;
+- ``schedule`` (Wang et al. 2024): s(tau) = s w(tau) with tau = t / (T - 1) (1 = pure noise):
+  ``constant`` w = 1, ``linear`` w = 2 (1 - tau), ``cosine`` w = 1 + cos(pi tau) (both average 1 over tau in
+  [0, 1] and grow as sampling proceeds), or a function of tau;
+- ``temperature`` T: the classifier's logits divided by T, log p_T(y | x) = log softmax(l / T)_y;
+- ``gradient_at="x0"``: the gradient of log p(y | x_0_hat, t = 0) at the model's predicted x_0, used in place
+  of grad_{x_t} (no Jacobian of the model; guided-diffusion issue #51);
+- ``every`` k: evaluate the gradient at every k-th guided step and reuse it (times the step's scale) in
+  between.
+
+:class:`ClassifierFreeGuidance` takes an ``interval`` too (outside it, w = 1: the conditional model alone, one
+batch).
 """
 from __future__ import annotations
 
+import copy
 import math
-from typing import Callable, Iterable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterable, Literal, Optional, Sequence
 
 import torch
 from torch import nn
@@ -46,6 +67,69 @@ def check_scale(scale: float, name: str = "guidance scale") -> float:
     return value
 
 
+@dataclass(frozen=True)
+class NoiseLevel:
+    """Where a sampling step is, as host numbers.
+
+    Args:
+        t: the model's timestep (original scale: 0..T-1 for a discrete model).
+        sigma: sigma_t / alpha_t, the noise-to-signal ratio of x_t (EDM's sigma).
+        tau: normalised time in [0, 1], 1 = pure noise (discrete: t / (T - 1); an SDE: its time / its end).
+    """
+
+    t: float
+    sigma: float
+    tau: float
+
+
+IntervalVariable = Literal["t", "sigma"]
+ScheduleName = Literal["constant", "linear", "cosine"]
+SCHEDULES: dict[str, Callable[[float], float]] = {
+    "constant": lambda tau: 1.0,
+    "linear": lambda tau: 2.0 * (1.0 - tau),
+    "cosine": lambda tau: 1.0 + math.cos(math.pi * tau),
+}
+Schedule = ScheduleName | Callable[[float], float]
+
+
+@dataclass(frozen=True)
+class GuidanceInterval:
+    """The noise levels at which a guidance acts: ``lo <= level.t <= hi`` (or ``level.sigma``)."""
+
+    lo: float
+    hi: float
+    variable: IntervalVariable = "t"
+
+    def __post_init__(self):
+        if self.variable not in ("t", "sigma"):
+            raise ValueError(f"a guidance interval is in 't' or 'sigma', got {self.variable!r}")
+        if not (math.isfinite(self.lo) and (math.isfinite(self.hi) or self.hi == math.inf)) or self.lo < 0:
+            raise ValueError(f"guidance interval bounds must be finite and >= 0, got [{self.lo}, {self.hi}]")
+        if self.lo > self.hi:
+            raise ValueError(f"guidance interval [{self.lo}, {self.hi}] has lo > hi")
+
+    def contains(self, level: NoiseLevel) -> bool:
+        value = level.t if self.variable == "t" else level.sigma
+        return self.lo <= value <= self.hi
+
+
+def as_interval(interval: Optional[GuidanceInterval | Sequence[float]],
+                variable: IntervalVariable = "t") -> Optional[GuidanceInterval]:
+    """``None``, a :class:`GuidanceInterval`, or ``(lo, hi)`` in ``variable``."""
+    if interval is None or isinstance(interval, GuidanceInterval):
+        return interval
+    lo, hi = (float(v) for v in interval)
+    return GuidanceInterval(lo, hi, variable)
+
+
+def schedule_factor(schedule: Schedule, tau: float) -> float:
+    """w(tau) of a scale schedule (a name of :data:`SCHEDULES` or a function of tau)."""
+    factor = float(SCHEDULES[schedule](tau) if isinstance(schedule, str) else schedule(tau))
+    if not math.isfinite(factor) or factor < 0:
+        raise ValueError(f"the guidance schedule gave {factor} at tau = {tau}: it must be finite and >= 0")
+    return factor
+
+
 class Guidance:
     """No guidance; the base of all guidance kinds (every hook is the identity)."""
 
@@ -53,6 +137,23 @@ class Guidance:
     def active(self) -> bool:
         """False when the guidance cannot change anything (samplers then skip it)."""
         return False
+
+    @property
+    def step_dependent(self) -> bool:
+        """True when what this guidance does depends on the step (samplers then call :meth:`at`)."""
+        return False
+
+    def start(self) -> "Guidance":
+        """The object to use for one sampling run (a fresh copy where the guidance keeps state)."""
+        return self
+
+    def networks(self) -> list[nn.Module]:
+        """The networks this guidance evaluates (they follow a sampling run to its device)."""
+        return []
+
+    def at(self, level: NoiseLevel) -> "Guidance":
+        """The guidance of a step at ``level`` (``step_dependent`` guidance only)."""
+        return self
 
     def wrap_model(self, model: Callable) -> Callable:
         return model
@@ -65,8 +166,10 @@ class Guidance:
                       y: Optional[torch.Tensor]) -> dict:
         return out
 
-    def score_shift(self, x: torch.Tensor, t_model: torch.Tensor, y: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """What this guidance adds to grad log p_t(x) (None: nothing). Used by the SDE samplers."""
+    def score_shift(self, x: torch.Tensor, t_model: torch.Tensor, y: Optional[torch.Tensor],
+                    x0: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """What this guidance adds to grad log p_t(x) (None: nothing; ``x0``: the predicted clean sample). Used by
+        the SDE samplers."""
         return None
 
 
@@ -85,20 +188,68 @@ class ClassifierGuidance(Guidance):
     Args:
         classifier: ``classifier(x_t, t) -> logits`` with original integer timesteps t.
         scale: the guidance scale s (finite, >= 0); 0 is exactly unguided.
+        schedule: s(tau) = s w(tau): ``constant``, ``linear``, ``cosine`` or a function of tau (module doc).
+        interval: guide only where the step's ``interval_in`` lies in [lo, hi] (inclusive); ``None``: everywhere.
+        interval_in: ``t`` (the model's timestep, 0..T-1) or ``sigma`` (sigma_t / alpha_t).
+        temperature: T > 0 divides the logits (calibration); 1 is the classifier as trained.
+        gradient_at: ``x_t`` (ADM) or ``x0``: the gradient of log p(y | x_0_hat, t=0) at the predicted x_0.
+        every: evaluate the gradient at every k-th guided step and reuse it in between (1: every step).
     """
 
-    def __init__(self, classifier: Callable, scale: float = 1.0):
+    def __init__(self, classifier: Callable, scale: float = 1.0, *, schedule: Schedule = "constant",
+                 interval: Optional[GuidanceInterval | Sequence[float]] = None, interval_in: IntervalVariable = "t",
+                 temperature: float = 1.0, gradient_at: Literal["x_t", "x0"] = "x_t", every: int = 1):
         self.classifier = classifier
         self.scale = check_scale(scale)
         if isinstance(classifier, nn.Module):
             classifier.eval()
+        if isinstance(schedule, str) and schedule not in SCHEDULES:
+            raise ValueError(f"guidance schedule must be one of {', '.join(SCHEDULES)} or a function, got {schedule!r}")
+        self.schedule = schedule
+        self.interval = as_interval(interval, interval_in)
+        if not (math.isfinite(float(temperature)) and float(temperature) > 0):
+            raise ValueError(f"classifier temperature must be finite and > 0, got {temperature!r}")
+        self.temperature = float(temperature)
+        if gradient_at not in ("x_t", "x0"):
+            raise ValueError(f"gradient_at must be 'x_t' or 'x0', got {gradient_at!r}")
+        self.gradient_at = gradient_at
+        if int(every) != every or every < 1:
+            raise ValueError(f"every must be a positive integer, got {every!r}")
+        self.every = int(every)
+        self._reused: Optional[torch.Tensor] = None
+        self._evaluations = 0
 
     @property
     def active(self) -> bool:
         return self.scale != 0.0
 
-    def grad_log_prob(self, x: torch.Tensor, t_model: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """s * grad_{x_t} log p_phi(y | x_t), in float32."""
+    @property
+    def step_dependent(self) -> bool:
+        return self.schedule != "constant" or self.interval is not None or self.every > 1
+
+    def networks(self) -> list[nn.Module]:
+        return [self.classifier] if isinstance(self.classifier, nn.Module) else []
+
+    def start(self) -> "ClassifierGuidance":
+        if self.every == 1:
+            return self
+        run = copy.copy(self)
+        run._reused, run._evaluations = None, 0
+        return run
+
+    def scale_at(self, level: NoiseLevel) -> float:
+        """The scale at a step: 0 outside the interval, s w(tau) inside."""
+        if self.interval is not None and not self.interval.contains(level):
+            return 0.0
+        return self.scale * schedule_factor(self.schedule, level.tau)
+
+    def at(self, level: NoiseLevel) -> Guidance:
+        scale = self.scale_at(level)
+        if scale == 0.0:
+            return NO_GUIDANCE
+        return self if scale == self.scale else _ScaledStep(self, scale)
+
+    def _log_prob_gradient(self, x: torch.Tensor, t_model: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if y is None:
             raise ValueError("classifier guidance needs class labels y")
         with torch.enable_grad():
@@ -107,30 +258,67 @@ class ClassifierGuidance(Guidance):
             if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
                 raise ValueError(f"the classifier must return logits of shape (B, classes), got {tuple(logits.shape)}")
             check_index_range(y, logits.shape[1], "label", f" for a classifier of {logits.shape[1]} classes")
-            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            log_probs = torch.log_softmax(logits.float() / self.temperature, dim=-1)
             selected = log_probs[torch.arange(len(y), device=y.device), y]
             grad, = torch.autograd.grad(selected.sum(), x_in)
-        return grad.float() * self.scale
+        return grad.float()
 
-    def condition_mean(self, diffusion, out, x, t, y):
+    def _gradient(self, x, t_model, y, x0) -> torch.Tensor:
+        if self.gradient_at == "x0":
+            if x0 is None:
+                raise ValueError("gradient_at='x0' needs the predicted x_0 of the step")
+            x, t_model = x0, torch.zeros_like(t_model)
+        if self.every == 1:
+            return self._log_prob_gradient(x, t_model, y)
+        if self._reused is None or self._evaluations % self.every == 0:
+            self._reused = self._log_prob_gradient(x, t_model, y)
+        self._evaluations += 1
+        return self._reused
+
+    def grad_log_prob(self, x: torch.Tensor, t_model: torch.Tensor, y: torch.Tensor,
+                      x0: Optional[torch.Tensor] = None, scale: Optional[float] = None) -> torch.Tensor:
+        """s * grad log p_phi(y | x_t) (at x_t, or at x0 with ``gradient_at="x0"``), in float32."""
+        return self._gradient(x, t_model, y, x0) * (self.scale if scale is None else scale)
+
+    def condition_mean(self, diffusion, out, x, t, y, scale: Optional[float] = None):
         if not self.active:
             return out
-        grad = self.grad_log_prob(x, diffusion.model_timesteps(t), y)
+        grad = self.grad_log_prob(x, diffusion.model_timesteps(t), y, out.get("pred_xstart"), scale)
         new = dict(out)
         new["mean"] = out["mean"].float() + out["variance"] * grad
         return new
 
-    def condition_eps(self, diffusion, out, x, t, y):
+    def condition_eps(self, diffusion, out, x, t, y, scale: Optional[float] = None):
         if not self.active:
             return out
-        grad = self.grad_log_prob(x, diffusion.model_timesteps(t), y)
+        grad = self.grad_log_prob(x, diffusion.model_timesteps(t), y, out.get("pred_xstart"), scale)
         # sqrt(1 - abar) from float32 abar, as the reference computes it: at t ~ T, x_0 = (x - sqrt(1 - abar)
         # eps) / sqrt(abar) amplifies any difference in this factor by 1 / sqrt(abar) ~ 1e4.
         eps = out["eps"] - (1 - diffusion.extract("alphas_cumprod", t, x.ndim)).sqrt() * grad
         return _recompute_from_eps(diffusion, out, x, t, eps)
 
-    def score_shift(self, x, t_model, y):
-        return self.grad_log_prob(x, t_model, y) if self.active else None
+    def score_shift(self, x, t_model, y, x0: Optional[torch.Tensor] = None, scale: Optional[float] = None):
+        return self.grad_log_prob(x, t_model, y, x0, scale) if self.active else None
+
+
+class _ScaledStep(Guidance):
+    """Classifier guidance at one step, with the scale of that step (its run's state stays in ``parent``)."""
+
+    def __init__(self, parent: ClassifierGuidance, scale: float):
+        self.parent, self.scale = parent, scale
+
+    @property
+    def active(self) -> bool:
+        return True
+
+    def condition_mean(self, diffusion, out, x, t, y):
+        return self.parent.condition_mean(diffusion, out, x, t, y, scale=self.scale)
+
+    def condition_eps(self, diffusion, out, x, t, y):
+        return self.parent.condition_eps(diffusion, out, x, t, y, scale=self.scale)
+
+    def score_shift(self, x, t_model, y, x0=None):
+        return self.parent.score_shift(x, t_model, y, x0, scale=self.scale)
 
 
 class ClassifierFreeGuidedModel(nn.Module):
@@ -165,15 +353,28 @@ class ClassifierFreeGuidance(Guidance):
         scale: w in eps_null + w (eps_y - eps_null); 1 is the plain conditional model, 0 the
             unconditional one, > 1 sharpens.
         null_label: the label index the model was trained with for "no label" (usually num_classes).
+        interval: apply w only where the step's ``interval_in`` (``t`` or ``sigma``) lies in [lo, hi]; outside,
+            w = 1 (one batch, no unconditional evaluation).
     """
 
-    def __init__(self, scale: float, null_label: int):
+    def __init__(self, scale: float, null_label: int, *,
+                 interval: Optional[GuidanceInterval | Sequence[float]] = None, interval_in: IntervalVariable = "t"):
         self.scale = check_scale(scale)
         self.null_label = int(null_label)
+        self.interval = as_interval(interval, interval_in)
 
     @property
     def active(self) -> bool:
         return True
+
+    @property
+    def step_dependent(self) -> bool:
+        return self.interval is not None and self.scale != 1.0
+
+    def at(self, level: NoiseLevel) -> Guidance:
+        if self.interval is None or self.interval.contains(level):
+            return self
+        return ClassifierFreeGuidance(1.0, self.null_label)  # the conditional model alone
 
     def wrap_model(self, model):
         if getattr(model, "num_classes", None) is None:
@@ -191,6 +392,19 @@ class GuidanceChain(Guidance):
     def active(self) -> bool:
         return any(g.active for g in self.guidances)
 
+    @property
+    def step_dependent(self) -> bool:
+        return any(g.step_dependent for g in self.guidances)
+
+    def start(self) -> "GuidanceChain":
+        return GuidanceChain(g.start() for g in self.guidances)
+
+    def networks(self) -> list[nn.Module]:
+        return [network for g in self.guidances for network in g.networks()]
+
+    def at(self, level: NoiseLevel) -> Guidance:
+        return GuidanceChain(g.at(level) for g in self.guidances)
+
     def wrap_model(self, model):
         for g in self.guidances:
             model = g.wrap_model(model)
@@ -206,9 +420,12 @@ class GuidanceChain(Guidance):
             out = g.condition_eps(diffusion, out, x, t, y)
         return out
 
-    def score_shift(self, x, t_model, y):
-        shifts = [s for s in (g.score_shift(x, t_model, y) for g in self.guidances) if s is not None]
+    def score_shift(self, x, t_model, y, x0=None):
+        shifts = [s for s in (g.score_shift(x, t_model, y, x0) for g in self.guidances) if s is not None]
         return sum(shifts) if shifts else None
+
+
+NO_GUIDANCE = Guidance()
 
 
 def as_guidance(guidance: Optional[Guidance | Sequence[Guidance]]) -> Guidance:

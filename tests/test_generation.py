@@ -17,6 +17,7 @@ from classifiers import EncoderUNetConfig
 from classifiers.module import NoisyClassifierModule
 from guided_diffusion.cli import main as gd
 from guided_diffusion.diffusion import DiffusionConfig
+from guided_diffusion.diffusion.schedules import space_timesteps
 from guided_diffusion.generation import SamplePlan, parse_classes
 from guided_diffusion.generation import runner as runner_module
 from guided_diffusion.generation.command import sample
@@ -227,6 +228,13 @@ def test_two_processes_give_the_images_of_one(checkpoints, tmp_path):
     (dict(guidance="classifier"), ValueError, "needs --classifier"),
     (dict(steps="ddim7000"), ValueError, "ddim7000|cannot|fewer"),
     (dict(sampler="ddpm", eta=0.5), ValueError, "eta is a DDIM option"),
+    (dict(classifier="classifier", guidance_interval="5,1"), ValueError, r"'5,1': need 0 <= lo <= hi"),
+    (dict(classifier="classifier", guidance_interval="0-5"), ValueError, "must be 'lo,hi'"),
+    (dict(schedule="linear"), ValueError, "shape classifier guidance: give --classifier"),
+    (dict(guidance_every=2, guidance="classifier-free"), ValueError, "shape classifier guidance"),
+    (dict(cfg_scale=2.0), ValueError, "--cfg_scale combines classifier-free with classifier guidance"),
+    (dict(classifier="classifier", cfg_interval="0,500"), ValueError, "--cfg_interval needs classifier-free"),
+    (dict(classifier="classifier", temperature=0.0), ValueError, "temperature must be finite and > 0"),
 ])
 def test_bad_input_fails_before_any_sampling(checkpoints, tmp_path, monkeypatch, options, error, message):
     monkeypatch.setattr(runner_module, "sample", lambda *a, **k: pytest.fail("sampling started"))
@@ -240,6 +248,34 @@ def test_bad_input_fails_before_any_sampling(checkpoints, tmp_path, monkeypatch,
     with pytest.raises(error, match=message):
         sample(checkpoint, str(tmp_path / "out"), num_samples=4, **{**FAST, **options})
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_guidance_options_from_the_cli_and_the_cost_they_report(checkpoints, tmp_path, capsys):
+    """An interval, a schedule, reuse and the x0 gradient reach the sampler from ``gd sample``; the reported cost
+    counts the classifier only inside the window and every k-th step, and classifier-free guidance with
+    ``--cfg_scale`` doubles the model's batch where it acts."""
+    common = ["--classifier", checkpoints["classifier"], "--scale", "3", "--num_samples", "4", "--batch_size", "4",
+              "--steps", "ddim8", "--accelerator", "cpu", "--progress", "false"]
+    respaced = space_timesteps(DIFFUSION.steps, "ddim8")
+    runs = {
+        "plain": [],
+        "window": ["--guidance_interval", "0,50", "--schedule", "linear", "--temperature", "2"],
+        "reuse": ["--guidance_every", "3", "--gradient_at", "x0"],
+        "both": ["--cfg_scale", "2", "--cfg_interval", "30,99", "--interval_in", "t"],
+    }
+    costs, images = {}, {}
+    for name, extra in runs.items():
+        capsys.readouterr()
+        gd(["sample", checkpoints["diffusion"], "--output", str(tmp_path / name), *common, *extra])
+        line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("cost:"))
+        costs[name] = [float(word) for word in line.split(":", 2)[2].split() if word.replace(".", "").isdigit()]
+        images[name] = read(tmp_path / name / "samples_4x16x16x3.npz")["arr_0"]
+    inside = sum(t <= 50 for t in respaced)
+    assert costs["plain"][:2] == [8, 8] and costs["window"][:2] == [8, inside] and costs["reuse"][:2] == [8, 3]
+    assert costs["both"][:2] == [8 + sum(t >= 30 for t in respaced), 8] and 0 < inside < 8
+    assert all(not np.array_equal(images[name], images["plain"]) for name in ("window", "reuse", "both"))
+    settings = json.loads((tmp_path / "window" / "run.json").read_text())
+    assert settings["guidance_options"]["interval"] == "0,50" and settings["guidance_options"]["schedule"] == "linear"
 
 
 def test_the_cli_runs_sample(checkpoints, tmp_path, capsys):

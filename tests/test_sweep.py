@@ -50,3 +50,28 @@ def test_the_cli_has_sweep_and_evaluate(capsys):
             gd([command, "--help"])
         assert exit_info.value.code == 0
     assert "--scales" in capsys.readouterr().out
+
+
+def test_schedule_and_interval_are_sweep_dimensions_with_cost_and_a_pareto_front(checkpoints, reference,  # noqa: F811
+                                                                                 tmp_path):
+    sweep(checkpoints["diffusion"], reference, str(tmp_path / "sweep"), scales=[4.0],
+          classifier=checkpoints["classifier"], num_samples=8, batch_size=4, steps=["ddim4"], features="mnist",
+          schedules=["constant", "linear"], intervals=["none", "0,40"], accelerator="cpu", progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "sweep" / "sweep.csv")))
+    assert [(row["schedule"], row["interval"]) for row in rows] == [
+        ("constant", "none"), ("constant", "0,40"), ("linear", "none"), ("linear", "0,40")]
+    evaluations = [float(row["classifier_evaluations"]) for row in rows]
+    assert evaluations[0] == evaluations[2] == 4 and 0 < evaluations[1] == evaluations[3] < 4
+    assert all(float(row["model_evaluations"]) == 4 and float(row["seconds_per_sample"]) > 0 for row in rows)
+    # the front: exactly the points no other point beats in both FID and accuracy
+    scored = [(float(row["fid"]), float(row["accuracy"])) for row in rows]
+    for row, (fid, accuracy) in zip(rows, scored):
+        dominated = any(f <= fid and a >= accuracy and (f, a) != (fid, accuracy) for f, a in scored)
+        assert row["pareto"] == str(not dominated)
+    assert any(row["pareto"] == "True" for row in rows)
+    assert (tmp_path / "sweep" / "tradeoff.png").stat().st_size > 10_000
+    assert (tmp_path / "sweep" / "ddim-ddim4" / "scale-4-linear-t-0-40" / "samples_8x16x16x3.npz").exists()
+    with pytest.raises(ValueError, match="guidance schedule must be one of"):
+        sweep(checkpoints["diffusion"], reference, str(tmp_path / "bad"), classifier=checkpoints["classifier"],
+              num_samples=8, schedules=["exp"])
+    assert not (tmp_path / "bad").exists()

@@ -19,11 +19,12 @@ from typing import Any, Literal, Optional
 from ..atomic import check_output_directory
 from ..checkpoints import LoadedNetwork, load_classifier, load_diffusion_model, load_upsampler
 from ..cli_types import GuidanceScale
+from ..guidance import IntervalVariable, ScheduleName
 from ..nets import apply_fast_paths
 from ..sampler_protocol import UPSAMPLER_STREAM, NoiseKind
 from ..sampling import SamplerName
 from ..torch_files import check_torch_file
-from .pairing import GuidanceKind, build_guidance, check_upsampler, freeze, label_count
+from .pairing import GuidanceKind, GuidanceOptions, build_guidance, check_upsampler, freeze, label_count
 from .plan import SamplePlan, parse_classes
 
 Precision = Literal["32-true", "bf16-mixed", "16-mixed", "64-true"]
@@ -32,8 +33,10 @@ Strategy = Literal["auto", "ddp", "ddp_spawn"]
 
 def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional[str] = None,
            classifier: Optional[str] = None, classifier_preset: Optional[str] = None,
-           guidance: GuidanceKind = "auto", scale: GuidanceScale = 1.0,
-           sampler: SamplerName = "ddim", steps: Optional[str] = None, eta: float = 0.0, clip_denoised: bool = True,
+           guidance: GuidanceKind = "auto", scale: GuidanceScale = 1.0, schedule: ScheduleName = "constant",
+           guidance_interval: Optional[str] = None, interval_in: IntervalVariable = "t", temperature: float = 1.0,
+           gradient_at: Literal["x_t", "x0"] = "x_t", guidance_every: int = 1, cfg_scale: Optional[float] = None,
+           cfg_interval: Optional[str] = None, sampler: SamplerName = "ddim", steps: Optional[str] = None, eta: float = 0.0, clip_denoised: bool = True,
            classes: str = "all", num_samples: int = 100, batch_size: int = 25, seed: int = 0,
            noise: NoiseKind = "auto", ema: bool = True, precision: Precision = "32-true", accelerator: str = "auto",
            devices: int = 1, num_nodes: int = 1,
@@ -53,6 +56,17 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
         guidance: ``auto`` (classifier guidance when a classifier is given), ``none``, ``classifier``
             or ``classifier-free`` (a model trained with label dropout).
         scale: guidance scale (classifier: s in mu + s Sigma grad log p(y|x_t); classifier-free: w).
+        schedule: the classifier scale over tau = t / (T - 1): ``constant`` (ADM), ``linear`` s 2 (1 - tau) or
+            ``cosine`` s (1 + cos pi tau) (both average s and grow as sampling proceeds).
+        guidance_interval: classifier guidance only where ``interval_in`` lies in ``"lo,hi"`` (e.g. ``"0,600"``
+            in t, ``"0.3,5"`` in sigma); outside, the classifier is not evaluated.
+        interval_in: ``t`` (the model timestep 0..T-1) or ``sigma`` (sigma_t / alpha_t), for both intervals.
+        temperature: T dividing the classifier's logits (calibration; 1 = as trained).
+        gradient_at: ``x_t`` (ADM) or ``x0``: the classifier's gradient at the predicted x_0 (at t = 0).
+        guidance_every: evaluate the classifier gradient every k guided steps, reuse it in between.
+        cfg_scale: classifier-free guidance w in addition to classifier guidance (``--scale``), for a model
+            trained with label dropout.
+        cfg_interval: classifier-free guidance only in ``"lo,hi"`` (w = 1 outside: one batch).
         sampler: ``ddim``, ``ddpm``, ``dpm-solver``, or a score-SDE sampler (``pc``, ...).
         steps: respacing (``"250"``, ``"ddim25"``, ``"10,15,20"``; a plain count for dpm-solver);
             default: ``ddim25`` for ddim, ``250`` for ddpm, 20 for dpm-solver.
@@ -89,6 +103,8 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
     """
     started = time.perf_counter()
     options = sampler_options(sampler, steps, eta, clip_denoised)
+    guidance_options = GuidanceOptions(schedule, guidance_interval, interval_in, temperature, gradient_at,
+                                       guidance_every, cfg_scale, cfg_interval)
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}")
     if inpaint and colorize:
@@ -105,7 +121,7 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
             check_torch_file(path, what)
     model = load_diffusion_model(checkpoint, preset, ema=ema)
     guiding = load_classifier(classifier, classifier_preset) if classifier is not None else None
-    guidance_object = build_guidance(guidance, scale, model, guiding)
+    guidance_object = build_guidance(guidance, scale, model, guiding, guidance_options)
     num_classes = label_count(model, guiding)
     chosen = parse_classes(classes, num_classes)
     plan = SamplePlan(num_samples, batch_size, seed, num_classes, chosen if isinstance(chosen, str) else tuple(chosen),
@@ -123,7 +139,7 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
                     classifier_preset=classifier_preset, guidance=guidance, scale=float(scale), sampler=sampler,
                     steps=str(options["steps"]), eta=eta, clip_denoised=clip_denoised, precision=precision,
                     condition=file_fingerprint(inpaint or colorize) if condition else None,
-                    **dataclasses.asdict(plan))
+                    guidance_options=guidance_options.settings(), **dataclasses.asdict(plan))
     super_resolution = None
     if upsampler is not None:
         upsampler_sampler = upsampler_sampler or sampler

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from ..images import from_uint8_nhwc, save_grid, to_uint8_nhwc
 from ..sampler_protocol import NOISE_STREAM
+from ..guidance import as_guidance
 from ..sampling import Guidance, sample
 from .conditions import ImageCondition
 from .plan import SamplePlan
@@ -105,9 +106,13 @@ class ShardSampler(L.LightningModule):
         self.base, self.upsampler, self.low_res = base, upsampler, low_res
         # the networks (and a classifier inside a guidance) must follow the module to the device
         stages = [stage for stage in (base, upsampler) if stage is not None]
-        self.networks = nn.ModuleList([stage.network for stage in stages]
-                                      + [stage.guidance.classifier for stage in stages
-                                         if isinstance(getattr(stage.guidance, "classifier", None), nn.Module)])
+        classifiers = [network for stage in stages for network in as_guidance(stage.guidance).networks()]
+        self.networks = nn.ModuleList([stage.network for stage in stages] + classifiers)
+        self.cost = SamplingCost()
+        for stage in stages:
+            self.cost.count(stage.network, "model_evaluations")
+        for network in classifiers:
+            self.cost.count(network, "classifier_evaluations")
         self.plan, self.directory = plan, Path(directory)
         self.merged: Optional[Path] = None
         self.merged_low_res: Optional[Path] = None
@@ -118,6 +123,7 @@ class ShardSampler(L.LightningModule):
 
     def predict_step(self, shard, batch_idx: int) -> int:
         shard = int(shard)
+        started = time.perf_counter()
         labels = self.plan.labels(shard)
         on_device = None if labels is None else labels.to(self.device)
         if self.upsampler is None:
@@ -126,6 +132,8 @@ class ShardSampler(L.LightningModule):
             low_res = from_uint8_nhwc(self._low_res_images(shard, labels, on_device)).to(self.device)
             images = self.upsampler.images(self.plan, shard, on_device, self.device, low_res=low_res)
             images = to_uint8_nhwc(images.float()).cpu().numpy()
+        self.cost.samples += len(images)
+        self.cost.seconds += time.perf_counter() - started  # the images are on the host: no pending work
         write_shard(self.directory, shard, images, None if labels is None else labels.numpy())
         return shard
 
@@ -156,6 +164,38 @@ class ShardSampler(L.LightningModule):
         self.trainer.strategy.barrier("merged")
 
 
+@dataclass
+class SamplingCost:
+    """What the shards sampled by this process cost: network evaluations (rows through each network, so a
+    classifier-free doubled batch counts twice) and sampling wall time (model loading and merging aside)."""
+
+    samples: int = 0
+    model_evaluations: int = 0
+    classifier_evaluations: int = 0
+    seconds: float = 0.0
+
+    def count(self, network: nn.Module, field: str) -> None:
+        network.register_forward_hook(lambda module, args, output: self._add(field, args[0].shape[0]))
+
+    def _add(self, field: str, rows: int) -> None:
+        setattr(self, field, getattr(self, field) + rows)
+
+    def per_sample(self) -> dict[str, float]:
+        """Model / classifier evaluations and seconds per sample (``{}`` if nothing was sampled)."""
+        if not self.samples:
+            return {}
+        return {"model_evaluations": self.model_evaluations / self.samples,
+                "classifier_evaluations": self.classifier_evaluations / self.samples,
+                "seconds": self.seconds / self.samples}
+
+    def describe(self) -> str:
+        cost = self.per_sample()
+        if not cost:
+            return "nothing sampled (every shard was already written)"
+        return (f"{self.samples} samples: {cost['model_evaluations']:g} model and {cost['classifier_evaluations']:g} "
+                f"classifier evaluations and {1000 * cost['seconds']:.1f} ms per sample")
+
+
 @dataclass(frozen=True)
 class SampleResult:
     """Where a run's outputs are (``None`` on ranks other than 0)."""
@@ -165,6 +205,8 @@ class SampleResult:
     seconds: float
     low_res: Optional[Path] = None
     """The base model's samples of a cascade (``low_res/samples_*.npz``)."""
+    cost: Optional[SamplingCost] = None
+    """What the samples made by this call cost (rank 0's shards)."""
 
 
 def run_shards(module: ShardSampler, settings: dict[str, Any], banner: str, *, accelerator: str, devices: int,
@@ -193,9 +235,10 @@ def run_shards(module: ShardSampler, settings: dict[str, Any], banner: str, *, a
         images, _ = read_shard(merged)
         grid_path = save_grid(images[:100], output / "grid.png")
     seconds = time.perf_counter() - started
+    print(f"cost: {module.cost.describe()}")
     print(f"wrote {merged}" + (f" (base samples: {low_res})" if low_res else "")
           + (f" and {grid_path}" if grid_path else "") + f" in {seconds:.1f} s")
-    return SampleResult(merged, grid_path, seconds, low_res)
+    return SampleResult(merged, grid_path, seconds, low_res, module.cost)
 
 
 def _strategy(name: str, world_size: int, timeout_minutes: float):

@@ -6,6 +6,7 @@ the form the sampler asks for (a mean shift for ancestral steps, an eps shift fo
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
@@ -13,7 +14,7 @@ import torch
 
 from ..diffusion import GaussianDiffusion
 from ..diffusion.gaussian import DenoisedFn
-from ..guidance import Guidance, as_guidance
+from ..guidance import Guidance, NoiseLevel, as_guidance
 from ..sampler_protocol import Generators, ShapeOrNoise, model_device, model_takes_labels, randn
 
 
@@ -40,21 +41,33 @@ class GuidedPredictor:
     model_kwargs: Optional[dict] = None
 
     def __post_init__(self):
-        self.guidance = as_guidance(self.guidance)
-        self.model = self.guidance.wrap_model(self.model)
+        self.guidance = as_guidance(self.guidance).start()
+        self.network = self.model
+        self.model = self.guidance.wrap_model(self.network)
         self.model_y = self.y if model_takes_labels(self.model) else None
+
+    def level(self, index: int) -> NoiseLevel:
+        """The noise level of step ``index``, from host numbers (no device read)."""
+        t = int(self.process.timestep_map[index])
+        abar = float(self.process.alphas_cumprod[index])
+        return NoiseLevel(t=float(t), sigma=math.sqrt((1 - abar) / abar),
+                          tau=t / max(self.process.original_num_timesteps - 1, 1))
 
     def predict(self, x: torch.Tensor, index: int, form: Literal["mean", "eps"]) -> dict:
         """p(x_{t-1} | x_t) at step ``index`` of the process, guided in the given form."""
         t = torch.full((x.shape[0],), index, dtype=torch.long, device=x.device)
+        guidance, model = self.guidance, self.model
+        if guidance.step_dependent:
+            guidance = guidance.at(self.level(index))
+            model = guidance.wrap_model(self.network)
         with torch.no_grad():
-            out = self.process.p_mean_variance(self.model, x, t, y=self.model_y, clip_denoised=self.clip_denoised,
+            out = self.process.p_mean_variance(model, x, t, y=self.model_y, clip_denoised=self.clip_denoised,
                                                denoised_fn=self.denoised_fn, model_kwargs=self.model_kwargs)
-        if not self.guidance.active:
+        if not guidance.active:
             return out
         if form == "mean":
-            return self.guidance.condition_mean(self.process, out, x, t, self.y)
-        return self.guidance.condition_eps(self.process, out, x, t, self.y)
+            return guidance.condition_mean(self.process, out, x, t, self.y)
+        return guidance.condition_eps(self.process, out, x, t, self.y)
 
 
 def prepare(model, diffusion: GaussianDiffusion, shape_or_noise: ShapeOrNoise, *, y, guidance, steps,

@@ -36,7 +36,7 @@ import torch
 
 from ..sampler_protocol import model_takes_labels
 from ..diffusion.prediction import eps_from_x0, score_from_eps, x0_from_eps, x0_from_score
-from ..guidance import Guidance, as_guidance
+from ..guidance import Guidance, NoiseLevel, as_guidance
 from .sdes import SDE, DiscreteVPSDE, as_time, broadcast
 
 TimestepMode = Literal["continuous", "round", "interpolate"]
@@ -190,7 +190,8 @@ class GuidedScore:
     guidance: Optional[Guidance] = None
 
     def __post_init__(self):
-        self.guidance = as_guidance(self.guidance)
+        self.guidance = as_guidance(self.guidance).start()
+        self.base = self.score_model
         if hasattr(self.score_model, "with_network"):
             self.score_model = self.score_model.with_network(self.guidance.wrap_model(self.score_model.network))
         else:
@@ -200,15 +201,28 @@ class GuidedScore:
                                  f"model {type(self.score_model).__name__} has none: use an EpsScoreModel")
         self.nfe = 0
 
+    def level(self, t: float | torch.Tensor) -> NoiseLevel:
+        """The noise level at SDE time t (a tensor t is read once: keep the time grid on the CPU)."""
+        t_host = float(t) if not isinstance(t, torch.Tensor) else float(t.reshape(-1)[0])
+        a, sigma = self.base.sde.marginal(t_host)
+        t_model = float(self.base.model_time(torch.tensor([t_host], dtype=torch.float64))[0])
+        return NoiseLevel(t=t_model, sigma=float(sigma / a), tau=t_host)
+
     def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        guidance, score_model = self.guidance, self.score_model
+        if guidance.step_dependent:
+            guidance = guidance.at(self.level(t))
+            if hasattr(self.base, "with_network"):
+                score_model = self.base.with_network(guidance.wrap_model(self.base.network))
         t = as_time(t, x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         with torch.no_grad():
-            score = self.score_model.score(x, t, self.y)
+            score = score_model.score(x, t, self.y)
         self.nfe += 1
-        if self.guidance.active:
-            shift = self.guidance.score_shift(x, self.score_model.model_time(t), self.y)
+        if guidance.active:
+            x0 = tweedie_x0(x, score, self.base.sde, t) if getattr(self.base, "sde", None) is not None else None
+            shift = guidance.score_shift(x, score_model.model_time(t), self.y, x0)
             if shift is not None:
                 score = score + shift.to(score.dtype)
         return score

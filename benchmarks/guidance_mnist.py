@@ -12,7 +12,6 @@ the table (markdown) and all rows go to ``OUTPUT/guidance.json``. Times are samp
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -15,7 +15,7 @@ import csv
 import io
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -148,7 +148,8 @@ def sweep(checkpoint: str, reference: str, output: str = "outputs/sweep", *,
           nearest_k: int = DEFAULT_NEAREST_K, upsampler: Optional[str] = None,
           upsampler_steps: Optional[str] = None, schedules: Sequence[ScheduleName] = ("constant",),
           intervals: Sequence[str] = ("none",), interval_in: IntervalVariable = "t", temperature: float = 1.0,
-          gradient_at: str = "x_t", guidance_every: int = 1, progress: bool = True) -> dict[str, Any]:
+          gradient_at: Literal["x_t", "x0"] = "x_t", guidance_every: int = 1,
+          progress: bool = True) -> dict[str, Any]:
     """Sample at each guidance scale (and sampler / step count) with fixed seeds, evaluate, tabulate and plot.
 
     Args:

@@ -170,4 +170,5 @@ def freeze(network: nn.Module) -> nn.Module:
     return network
 
 
-__all__ = ["GuidanceKind", "GuidanceOptions", "parse_interval", "check_pair", "check_upsampler", "build_guidance", "label_count", "freeze"]
+__all__ = ["GuidanceKind", "GuidanceOptions", "parse_interval", "check_pair", "check_upsampler", "build_guidance",
+           "label_count", "freeze"]

@@ -104,6 +104,12 @@ def _run(command: str, rest: list[str], from_command_line: bool) -> None:
     if command in COMMANDS:
         from jsonargparse import CLI
 
+        if command == "sample":
+            from guided_diffusion.generation.reference_flags import translate, uses_reference_flags
+
+            if uses_reference_flags(rest):
+                rest, note = translate(rest)
+                print(f"gd sample: {note}")
         module_name, func_name = COMMANDS[command][0].split(":")
         func = getattr(importlib.import_module(module_name), func_name)
         CLI(func, args=rest, as_positional=True, prog=f"gd {command}")

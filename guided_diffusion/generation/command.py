@@ -26,6 +26,7 @@ from ..sampling import SamplerName
 from ..torch_files import check_torch_file
 from .pairing import GuidanceKind, GuidanceOptions, build_guidance, check_upsampler, freeze, label_count
 from .plan import SamplePlan, parse_classes
+from .reference_flags import check_flags, parse_flags
 
 Precision = Literal["32-true", "bf16-mixed", "16-mixed", "64-true"]
 Strategy = Literal["auto", "ddp", "ddp_spawn"]
@@ -45,7 +46,8 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
            inpaint: Optional[str] = None, colorize: Optional[str] = None,
            upsampler: Optional[str] = None, upsampler_preset: Optional[str] = None,
            upsampler_sampler: Optional[SamplerName] = None, upsampler_steps: Optional[str] = None,
-           compile: bool = False, channels_last: bool = False, grid: bool = True, progress: bool = True):
+           compile: bool = False, channels_last: bool = False, model_flags: Optional[str] = None,
+           classifier_flags: Optional[str] = None, grid: bool = True, progress: bool = True):
     """Generate samples from a diffusion model, optionally guided, into resumable shards and an ADM ``.npz``.
 
     Args:
@@ -99,11 +101,17 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
         compile: ``torch.compile`` every network of the run (first shard slower; the images equal the
             eager ones up to float rounding, so a run may be resumed with or without it).
         channels_last: NHWC memory order for the convolutions (faster on GPUs with tensor cores).
+        model_flags: guided-diffusion's MODEL_FLAGS (``"--image_size 64 --num_channels 192 ..."``): checked
+            against the model file (the reference's commands run as they are: see
+            :mod:`~guided_diffusion.generation.reference_flags`).
+        classifier_flags: its CLASSIFIER_FLAGS, checked against the classifier file.
         grid: write ``grid.png`` of the first samples.
         progress: show the progress bar.
     """
     started = time.perf_counter()
     options = sampler_options(sampler, steps, eta, clip_denoised)
+    parse_flags(model_flags, "unet")
+    parse_flags(classifier_flags, "encoder_unet")
     guidance_options = GuidanceOptions(schedule, guidance_interval, interval_in, temperature, gradient_at,
                                        guidance_every, cfg_scale, cfg_interval)
     if num_samples < 1 or batch_size < 1:
@@ -121,7 +129,12 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
         if path is not None:
             check_torch_file(path, what)
     model = load_diffusion_model(checkpoint, preset, ema=ema)
+    check_flags(model_flags, model, "unet", "model")
     guiding = load_classifier(classifier, classifier_preset) if classifier is not None else None
+    if guiding is not None:
+        check_flags(classifier_flags, guiding, "encoder_unet", "classifier")
+    elif classifier_flags:
+        raise ValueError("--classifier_flags without a classifier (--classifier / --classifier_path)")
     guidance_object = build_guidance(guidance, scale, model, guiding, guidance_options)
     num_classes = label_count(model, guiding)
     chosen = parse_classes(classes, num_classes)

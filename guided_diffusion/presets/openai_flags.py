@@ -16,7 +16,7 @@ from ..diffusion import DiffusionConfig
 from ..nets.unet import UNetConfig
 from .catalog import IMAGENET_CLASSES
 
-__all__ = ["Repository", "config_from_openai_flags"]
+__all__ = ["Repository", "config_from_openai_flags", "FLAG_NAMES"]
 
 Repository = Literal["guided-diffusion", "improved-diffusion"]
 
@@ -33,6 +33,9 @@ _CLASSIFIER_DEFAULTS = dict(  # guided-diffusion classifier_defaults()
 _DIFFUSION_DEFAULTS = dict(learn_sigma=False, diffusion_steps=1000, noise_schedule="linear", timestep_respacing="",
                            use_kl=False, predict_xstart=False, rescale_timesteps=False, rescale_learned_sigmas=False,
                            sigma_small=False)
+#: guided-diffusion's flag names by group (its README's MODEL_FLAGS, CLASSIFIER_FLAGS, DIFFUSION_FLAGS)
+FLAG_NAMES = {"model": frozenset(_MODEL_DEFAULTS), "classifier": frozenset(_CLASSIFIER_DEFAULTS),
+              "diffusion": frozenset(_DIFFUSION_DEFAULTS)}
 _IMPROVED_MODEL_DEFAULTS = dict(  # improved-diffusion model_and_diffusion_defaults() / sr_model_...()
     image_size=64, num_channels=128, num_res_blocks=2, num_heads=4, num_heads_upsample=-1,
     attention_resolutions="16,8", dropout=0.0, class_cond=False, use_checkpoint=False, use_scale_shift_norm=True,

@@ -47,6 +47,9 @@ class TimmClassifierConfig:
         if ":" in self.model_name:
             raise ValueError(f"timm model {self.model_name!r}: hub names are not allowed (nothing is downloaded); "
                              "use a timm.list_models() name and pretrained_path for local weights")
+        remote = sorted(set(self.model_kwargs) & {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay"})
+        if remote:
+            raise ValueError(f"model_kwargs {remote}: weights come only from pretrained_path (nothing is downloaded)")
         if self.pretrained_path is not None and not Path(self.pretrained_path).is_file():
             raise FileNotFoundError(f"pretrained_path {self.pretrained_path!r} does not exist")
 

@@ -143,6 +143,11 @@ class Guidance:
         """True when what this guidance does depends on the step (samplers then call :meth:`at`)."""
         return False
 
+    @property
+    def uses_x0(self) -> bool:
+        """True when the guidance needs the step's predicted x_0 (SDE samplers then compute it)."""
+        return False
+
     def start(self) -> "Guidance":
         """The object to use for one sampling run (a fresh copy where the guidance keeps state)."""
         return self
@@ -226,6 +231,10 @@ class ClassifierGuidance(Guidance):
     @property
     def step_dependent(self) -> bool:
         return self.schedule != "constant" or self.interval is not None or self.every > 1
+
+    @property
+    def uses_x0(self) -> bool:
+        return self.gradient_at == "x0"
 
     def networks(self) -> list[nn.Module]:
         return [self.classifier] if isinstance(self.classifier, nn.Module) else []
@@ -311,6 +320,10 @@ class _ScaledStep(Guidance):
     def active(self) -> bool:
         return True
 
+    @property
+    def uses_x0(self) -> bool:
+        return self.parent.uses_x0
+
     def condition_mean(self, diffusion, out, x, t, y):
         return self.parent.condition_mean(diffusion, out, x, t, y, scale=self.scale)
 
@@ -395,6 +408,10 @@ class GuidanceChain(Guidance):
     @property
     def step_dependent(self) -> bool:
         return any(g.step_dependent for g in self.guidances)
+
+    @property
+    def uses_x0(self) -> bool:
+        return any(g.uses_x0 for g in self.guidances)
 
     def start(self) -> "GuidanceChain":
         return GuidanceChain(g.start() for g in self.guidances)

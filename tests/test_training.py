@@ -244,6 +244,13 @@ def test_classifier_checkpoint_rebuilds_without_flags(tmp_path):
 # ---------------------------------------------------------------------------------------------- timm trunks
 
 
+def test_timm_configs_that_would_download_are_refused():
+    with pytest.raises(ValueError, match="hub names are not allowed"):
+        TimmClassifierConfig(model_name="hf-hub:timm/resnet18.a1_in1k")
+    with pytest.raises(ValueError, match=r"model_kwargs \['pretrained'\]: weights come only from pretrained_path"):
+        TimmClassifierConfig(model_name="resnet18", model_kwargs={"pretrained": True})
+
+
 def test_timm_trunk_takes_the_timestep_at_the_stem(tmp_path):
     import timm
 

@@ -23,15 +23,12 @@ from ..presets.openai_flags import FLAG_NAMES, config_from_openai_flags
 
 #: reference flag -> this project's option (same value)
 RENAMED = {"classifier_path": "classifier", "classifier_scale": "scale", "timestep_respacing": "steps"}
-#: flags both spell the same
-SHARED = {"batch_size", "num_samples", "clip_denoised"}
 #: reference flags with no counterpart (the precision is the user's choice)
 IGNORED = {"use_fp16", "classifier_use_fp16", "use_checkpoint"}
 MODEL_FLAGS = (FLAG_NAMES["model"] | FLAG_NAMES["diffusion"]) - IGNORED - {"timestep_respacing"}
 CLASSIFIER_FLAGS = FLAG_NAMES["classifier"] - IGNORED - {"image_size"}
 #: what the flags cannot say or what does not change the function (training-only settings)
 UNCHECKED = ("dropout", "use_checkpoint", "null_class", "out_channels")
-REFERENCE_ONLY = {"model_path", "use_ddim"} | set(RENAMED) | IGNORED | MODEL_FLAGS | CLASSIFIER_FLAGS
 
 
 def uses_reference_flags(args: list[str]) -> bool:

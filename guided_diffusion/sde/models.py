@@ -221,7 +221,7 @@ class GuidedScore:
             score = score_model.score(x, t, self.y)
         self.nfe += 1
         if guidance.active:
-            x0 = tweedie_x0(x, score, self.base.sde, t) if getattr(self.base, "sde", None) is not None else None
+            x0 = tweedie_x0(x, score, self.base.sde, t) if guidance.uses_x0 else None
             shift = guidance.score_shift(x, score_model.model_time(t), self.y, x0)
             if shift is not None:
                 score = score + shift.to(score.dtype)

@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "class-conditional samples, optionally guided, into resumable shards and an ADM .npz"),
     "upsample": ("guided_diffusion.generation.upsample:upsample",
                  "upsample the images of a sample .npz with a super-resolution model (ADM-U)"),
-    "evaluate": ("guided_diffusion.evaluation.evaluate:evaluate",
+    "evaluate": ("guided_diffusion.evaluation_command:evaluate",
                  "FID / sFID / IS / precision / recall of a sample .npz against a reference"),
     "sweep": ("guided_diffusion.sweep:sweep", "sample and evaluate over guidance scales and samplers"),
     "export": ("guided_diffusion.checkpoints.lightning:export", "a trained .ckpt to the OpenAI .pt layout"),

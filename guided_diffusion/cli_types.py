@@ -6,10 +6,15 @@ be finite and non-negative, got 'nan'") instead of a generic "Expected a <class 
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from jsonargparse.typing import register_type
 
 from .guidance import GuidanceScale
 
 register_type(GuidanceScale, float, GuidanceScale)
 
-__all__ = ["GuidanceScale"]
+#: How a command logs to W&B: ``offline`` (a local run folder, ``wandb sync`` later), ``online``, ``disabled``.
+WandbMode = Literal["offline", "online", "disabled"]
+
+__all__ = ["GuidanceScale", "WandbMode"]

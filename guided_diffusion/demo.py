@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 from .atomic import atomic_savez, atomic_write_json, check_output_directory
-from .cli_types import GuidanceScale
+from .cli_types import GuidanceScale, WandbMode
 
-WandbMode = Literal["offline", "online", "disabled"]
 Precision = Literal["auto", "32-true", "bf16-mixed"]
 
 #: The demo's recipes: the ``gd fit`` configs it trains from (one source of truth for the recipe).
@@ -174,6 +173,22 @@ def train_demo_models(output: str | Path, diffusion_steps: int, classifier_steps
     return diffusion_ckpt, classifier_ckpt, new_model or new_classifier
 
 
+def made_by_an_earlier_version(directory: Path) -> bool:
+    """Whether a sample run under ``directory`` has another layout than this version writes (derived data: the
+    demo samples it again rather than refusing it)."""
+    import json
+
+    from .generation.shards import LAYOUT, MANIFEST
+
+    for manifest in directory.rglob(MANIFEST):
+        try:
+            if json.loads(manifest.read_text()).get("layout") != LAYOUT:
+                return True
+        except (OSError, ValueError):
+            return True
+    return False
+
+
 def demo(output: str = "outputs/demo", preset: Literal["default", "long"] = "default",
          diffusion_config: Optional[str] = None, classifier_config: Optional[str] = None,
          diffusion_steps: Optional[int] = None, classifier_steps: Optional[int] = None,
@@ -242,8 +257,8 @@ def demo(output: str = "outputs/demo", preset: Literal["default", "long"] = "def
         out, diffusion_steps, classifier_steps, diffusion_config=configs["diffusion"],
         classifier_config=configs["classifier"], batch_size=batch_size, classifier_batch_size=classifier_batch_size,
         precision=precision, wandb=wandb, seed=seed)
-    if trained:
-        shutil.rmtree(out / "sweep", ignore_errors=True)  # samples of the previous networks
+    if trained or made_by_an_earlier_version(out / "sweep"):
+        shutil.rmtree(out / "sweep", ignore_errors=True)  # samples of the previous networks or of an older layout
     trained_seconds = time.perf_counter() - started
     reference = write_reference(out / "mnist_reference.npz")
     swept = sweep(str(diffusion_ckpt), str(reference), str(out / "sweep"), scales=scales, samplers=[sampler],

@@ -7,7 +7,9 @@ precision / recall against one reference batch whose features are extracted once
 atomically after each point), ``sweep.png`` (metrics against scale), ``tradeoff.png`` (FID against accuracy,
 or precision without MNIST features, coloured by the cost, the Pareto front drawn) and ``sweep.json`` (rows
 and the best point by FID). Interrupted sweeps resume: the sample shards of finished points are reused and
-only missing points are sampled.
+only missing points are sampled. The reference features are cached by content (``--reference_cache``), and
+``--wandb_project`` logs the sweep as one W&B run (the table, the plots, the best point; ``--log_artifacts``:
+the CSV and JSON as a ``sweep`` artifact naming the checkpoints and the reference by content hash).
 """
 from __future__ import annotations
 
@@ -21,13 +23,16 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write, atomic_write_json, check_output_directory
-from .cli_types import GuidanceScale
+from .cli_types import GuidanceScale, WandbMode
+from .content_hash import content_hash
+from .evaluation.evaluate import extractor_identity, reference_features, resolve_cache
 from .evaluation.features import FeatureName, ResizeMode, build_feature_extractor, extract_features
 from .evaluation.metrics import DEFAULT_NEAREST_K, compute_metrics, minimum_samples
 from .evaluation.npz import inspect_npz, iter_image_batches, read_labels, read_statistics
 from .generation.command import Precision, sample
 from .generation.pairing import GuidanceKind, GuidanceOptions, parse_interval
 from .guidance import IntervalVariable, ScheduleName, check_scale
+from .tracking import Tracking, artifact_name
 
 COLUMNS = ("sampler", "steps", "schedule", "interval", "scale", "fid", "sfid", "inception_score", "precision",
            "recall", "accuracy", "model_evaluations", "classifier_evaluations", "seconds_per_sample", "pareto",
@@ -149,7 +154,8 @@ def sweep(checkpoint: str, reference: str, output: str = "outputs/sweep", *,
           upsampler_steps: Optional[str] = None, schedules: Sequence[ScheduleName] = ("constant",),
           intervals: Sequence[str] = ("none",), interval_in: IntervalVariable = "t", temperature: float = 1.0,
           gradient_at: Literal["x_t", "x0"] = "x_t", guidance_every: int = 1,
-          progress: bool = True) -> dict[str, Any]:
+          reference_cache: Optional[str] = "auto", wandb_project: Optional[str] = None,
+          wandb_mode: WandbMode = "offline", log_artifacts: bool = False, progress: bool = True) -> dict[str, Any]:
     """Sample at each guidance scale (and sampler / step count) with fixed seeds, evaluate, tabulate and plot.
 
     Args:
@@ -185,8 +191,16 @@ def sweep(checkpoint: str, reference: str, output: str = "outputs/sweep", *,
         temperature: classifier logit temperature at every point.
         gradient_at: ``x_t`` or ``x0`` at every point.
         guidance_every: classifier gradient reuse at every point.
+        reference_cache: directory of cached reference features (``auto``: ``$GD_CACHE_DIR`` or
+            ``~/.cache/guided_diffusion``; ``none``: off), as ``gd evaluate``.
+        wandb_project: log the sweep to this W&B project (job type ``sweep``): the settings, a row per point
+            (``wandb.Table`` and history), ``sweep.png``, ``tradeoff.png``, the best point in the summary.
+        wandb_mode: ``offline`` (the run folder under ``output/wandb``), ``online``, ``disabled``.
+        log_artifacts: also log ``sweep.csv`` and ``sweep.json`` as a ``sweep`` artifact.
         progress: progress bars.
     """
+    tracking = Tracking(wandb_project, wandb_mode, log_artifacts)
+    settings = {name: value for name, value in locals().items() if name not in ("tracking", "progress")}
     scales = [check_scale(scale) for scale in scales]
     if not scales or not samplers or not steps or not schedules or not intervals:
         raise ValueError("scales, samplers, steps, schedules and intervals must each name at least one value")
@@ -201,9 +215,10 @@ def sweep(checkpoint: str, reference: str, output: str = "outputs/sweep", *,
     extractor = build_feature_extractor(features, inception_weights=inception_weights, resize=resize,
                                         device=torch.device(eval_device))
     stored = read_statistics(reference) if features == "inception" else {}
-    reference_features = {}
+    references = {}
     if reference_info.images is not None:
-        reference_features = extract_features(extractor, iter_image_batches(reference, 64), progress=progress)
+        references = reference_features(extractor, reference, extractor_identity(extractor, features, resize),
+                                        cache=resolve_cache(reference_cache), progress=progress)
     elif not {"pool", "spatial"} <= set(stored):
         raise ValueError(f"{reference}: no images and no usable Inception statistics for features={features!r}")
 
@@ -227,7 +242,7 @@ def sweep(checkpoint: str, reference: str, output: str = "outputs/sweep", *,
         if run.samples is None:  # a non-zero DDP rank: rank 0 evaluates
             continue
         sample_features = extract_features(extractor, iter_image_batches(run.samples, 64))
-        results = compute_metrics(reference_features, sample_features, reference_statistics=stored,
+        results = compute_metrics(references, sample_features, reference_statistics=stored,
                                   nearest_k=nearest_k, device=torch.device(eval_device))
         cost = run.cost.per_sample() if run.cost is not None else {}
         rows.append({"sampler": sampler_name, "steps": step_spec, "schedule": schedule, "interval": interval,
@@ -252,7 +267,30 @@ def sweep(checkpoint: str, reference: str, output: str = "outputs/sweep", *,
     if best is not None:
         print(f"best point by FID: {point_label(best)} ({best['sampler']} {best['steps']}, FID {best['fid']:.2f}); "
               f"wrote {out / 'sweep.csv'}, {plot} and {tradeoff}")
+    if tracking.enabled:
+        log_sweep(tracking, settings, summary, out, {"checkpoint": checkpoint, "classifier": classifier,
+                                                     "upsampler": upsampler, "reference": reference})
     return summary
+
+
+def log_sweep(tracking: Tracking, settings: dict[str, Any], summary: dict[str, Any], out: Path,
+              paths: dict[str, Optional[str]]) -> None:
+    """The W&B run of a finished sweep: a history row and a table row per point, the plots, the best point."""
+    inputs = {name: (path, content_hash(path, out / "fingerprints.json")) for name, path in paths.items() if path}
+    run = tracking.start("sweep", out.name, {**settings, "output": str(out)}, out, inputs)
+    rows = [{column: row.get(column) for column in COLUMNS} for row in summary["rows"]]
+    for row in rows:
+        run.log({key: value for key, value in row.items() if isinstance(value, (int, float))})
+    run.table("sweep", rows)
+    run.images({"sweep": out / "sweep.png", "tradeoff": out / "tradeoff.png"},
+               {"sweep": "metrics against the guidance scale", "tradeoff": "FID against accuracy / precision"})
+    best = summary["best_by_fid"] or {}
+    run.metrics({f"best/{key}": best.get(key) for key in ("scale", "fid", "accuracy", "precision", "recall")})
+    run.metrics({"best/point": point_label(best)} if best else {})
+    digest = content_hash(out / "sweep.csv")
+    run.artifact("sweep", artifact_name("sweep", digest), [out / "sweep.csv", out / "sweep.json"],
+                 {"points": len(rows), "features": summary["features"]})
+    run.finish()
 
 
 def _format_row(row: dict[str, Any]) -> str:

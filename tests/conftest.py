@@ -5,12 +5,15 @@ one thread: more threads per worker only oversubscribe the cores, which slows th
 tensor operations of the oracle tests by an order of magnitude.
 """
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# cached reference features (gd evaluate / gd sweep) go to a fresh directory per session, not ~/.cache
+os.environ.setdefault("GD_CACHE_DIR", tempfile.mkdtemp(prefix="gd-cache-"))
 torch.set_num_threads(1)
 
 

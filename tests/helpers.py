@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import struct
 import zlib
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -78,3 +79,49 @@ def openai_key_list(config_name: str, directory: Path = OPENAI_KEYS
 def openai_key_configs() -> list[str]:
     """Names of all released configurations with a key list (``64_cond``, ``128_classifier``, ...)."""
     return sorted(p.stem[len("keys_"):] for p in OPENAI_KEYS.glob("keys_*.txt"))
+
+
+def wandb_records(run_dir: Path):
+    """The records of an offline W&B run (its ``.wandb`` file: LevelDB log format, protobuf records)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    raw, block, pos, buffer = next(run_dir.glob("*.wandb")).read_bytes(), 32768, 7, b""
+    while pos + 7 <= len(raw):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        if kind == 0 and length == 0:
+            pos += left
+            continue
+        data, pos = raw[pos + 7:pos + 7 + length], pos + 7 + length
+        buffer = data if kind in (1, 2) else buffer + data
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(buffer)
+            yield record
+
+
+def wandb_run(run_dir: Path) -> dict:
+    """What an offline W&B run holds: ``config`` and ``summary`` (key -> value), ``history`` keys and
+    ``artifacts`` (name -> {"type", "metadata" (dict), "files" (paths in the artifact)})."""
+    import json
+
+    contents: dict = {"config": {}, "summary": {}, "history": set(), "artifacts": {}}
+    key = lambda item: item.key or "/".join(item.nested_key)  # noqa: E731
+    for record in wandb_records(run_dir):
+        kind = record.WhichOneof("record_type")
+        if kind in ("config", "run"):  # wandb.init(config=...) arrives with the run record
+            updates = record.config.update if kind == "config" else record.run.config.update
+            contents["config"].update({key(item): json.loads(item.value_json) for item in updates})
+        elif kind == "summary":
+            contents["summary"].update({key(item): json.loads(item.value_json) for item in record.summary.update})
+        elif kind == "history":
+            contents["history"] |= {key(item) for item in record.history.item}
+        elif kind == "artifact":
+            artifact = record.artifact
+            contents["artifacts"][artifact.name] = {
+                "type": artifact.type, "metadata": json.loads(artifact.metadata or "{}"),
+                "files": sorted(entry.path for entry in artifact.manifest.contents)}
+    return contents

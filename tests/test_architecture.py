@@ -20,7 +20,8 @@ PACKAGES = ("guided_diffusion", "classifiers")
 
 #: bottom to top; a unit may import units of its own layer or of layers below it.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "foundation": ("guided_diffusion", "guided_diffusion.atomic", "guided_diffusion.torch_files",
+    "foundation": ("guided_diffusion", "guided_diffusion.atomic", "guided_diffusion.content_hash",
+                   "guided_diffusion.torch_files",
                    "guided_diffusion.tensor_checks", "guided_diffusion.philox",
                    "guided_diffusion.images", "guided_diffusion.mixture", "guided_diffusion.sampler_protocol"),
     "core": ("guided_diffusion.diffusion", "guided_diffusion.nets", "guided_diffusion.guidance", "classifiers",
@@ -28,7 +29,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "families": ("guided_diffusion.sde", "guided_diffusion.sampling"),
     "catalogue": ("guided_diffusion.presets", "guided_diffusion.checkpoints", "guided_diffusion.evaluation"),
     "lightning": ("guided_diffusion.data", "guided_diffusion.training", "classifiers.module"),
-    "products": ("guided_diffusion.cli_types", "guided_diffusion.generation", "guided_diffusion.sweep",
+    "products": ("guided_diffusion.cli_types", "guided_diffusion.tracking", "guided_diffusion.generation",
+                 "guided_diffusion.evaluation_command", "guided_diffusion.sweep",
                  "guided_diffusion.lightning_cli", "guided_diffusion.demo", "guided_diffusion.cli"),
 }
 #: The layers that are plain PyTorch: no Lightning, no W&B (DESIGN.md §3).

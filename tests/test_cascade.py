@@ -95,18 +95,19 @@ def test_a_killed_cascade_resumes_to_the_exact_count_reusing_its_base_shards(mod
     def crash_on_fourth(directory, shard, images, labels):
         if len(written) == 3:
             raise RuntimeError("simulated crash")
-        written.append((directory.name, shard))
+        written.append((directory.name, shard.start))
         return real_write(directory, shard, images, labels)
 
     monkeypatch.setattr(runner_module, "write_shard", crash_on_fourth)
     with pytest.raises(RuntimeError, match="simulated crash"):
         sample(models["base"], str(tmp_path / "run"), **options)
-    assert written == [("low_res", 0), ("run", 0), ("low_res", 1)]  # killed before the final shard 1
+    assert written == [("low_res", 0), ("run", 0), ("low_res", 4)]  # killed before the final samples 4..7
     written.clear()
     monkeypatch.setattr(runner_module, "write_shard",
-                        lambda *args: written.append((args[0].name, args[1])) or real_write(*args))
-    result = sample(models["base"], str(tmp_path / "run"), **options)
-    assert written == [("run", 1), ("low_res", 2), ("run", 2)]  # base shard 1 reused, not sampled again
+                        lambda *args: written.append((args[0].name, args[1].start)) or real_write(*args))
+    # resumed with batches of 2: samples 4..5 and 6..7 upsample the two halves of the kept base shard 4..7
+    result = sample(models["base"], str(tmp_path / "run"), **{**options, "batch_size": 2})
+    assert written == [("run", 4), ("run", 6), ("low_res", 8), ("run", 8)]  # base samples 4..7 not sampled again
     resumed = read(result.samples)
     assert resumed["arr_0"].shape == (10, 16, 16, 3)
     assert np.array_equal(resumed["arr_0"], reference["arr_0"]) and np.array_equal(resumed["arr_1"], reference["arr_1"])

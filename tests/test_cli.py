@@ -2,7 +2,6 @@
 checkpoint export, and the early errors for bad configs."""
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from guided_diffusion.checkpoints import load_openai_checkpoint
 from guided_diffusion.cli import main
 from guided_diffusion.presets import get_preset
+from tests.helpers import wandb_records
 from guided_diffusion.lightning_cli import lightning_main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -48,28 +48,6 @@ def _override(tmp_path: Path, name: str, steps: int, extra_callbacks=(), **secti
     return str(path)
 
 
-def _wandb_records(run_dir: Path):
-    """The records of an offline W&B run (its ``.wandb`` file: LevelDB log format, protobuf records)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    raw, block, pos, buffer = next(run_dir.glob("*.wandb")).read_bytes(), 32768, 7, b""
-    while pos + 7 <= len(raw):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
-        if kind == 0 and length == 0:
-            pos += left
-            continue
-        data, pos = raw[pos + 7:pos + 7 + length], pos + 7 + length
-        buffer = data if kind in (1, 2) else buffer + data
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(buffer)
-            yield record
-
-
 def test_fit_diffusion_with_wandb_then_resume_export_predict(workdir):
     import wandb
 
@@ -82,7 +60,7 @@ def test_fit_diffusion_with_wandb_then_resume_export_predict(workdir):
     # W&B offline run: scalars (overall and per quartile), the resolved config and sample images.
     run_dir = next((workdir / "outputs" / "mnist" / "diffusion" / "wandb").glob("offline-run-*"))
     history, config = set(), {}
-    for record in _wandb_records(run_dir):
+    for record in wandb_records(run_dir):
         if record.WhichOneof("record_type") == "history":
             history |= {item.key or "/".join(item.nested_key) for item in record.history.item}
         elif record.WhichOneof("record_type") == "config":

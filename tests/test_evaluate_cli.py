@@ -16,7 +16,7 @@ from guided_diffusion.nets import UNetConfig
 from guided_diffusion.images import to_uint8_nhwc
 from guided_diffusion.training import DiffusionModule
 
-EVALUATE = "guided_diffusion.evaluation.evaluate:evaluate"
+EVALUATE = "guided_diffusion.evaluation_command:evaluate"
 
 
 def test_evaluate_is_a_gd_command(capsys):

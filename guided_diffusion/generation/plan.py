@@ -1,14 +1,13 @@
-"""What a sampling run produces, independent of how many processes produce it.
+"""What a sampling run produces, independent of how it is batched and how many processes produce it.
 
-A run of N samples is cut into shards of ``batch_size`` consecutive sample indices. Everything
-about sample i is a function of ``(seed, i)`` alone: its label and its noise generator (seeded
-from ``numpy.random.SeedSequence([seed, i])``). A shard is therefore the same on any rank, in any
-run, and the union of shards does not depend on the number of processes. The files of a run are
-:mod:`.shards`.
+Everything about sample i is a function of ``(seed, i)`` alone: its label and its noise generator
+(seeded from ``numpy.random.SeedSequence([seed, i, stream])``). A batch of any consecutive indices is
+therefore the same images on any rank, in any run, with any batch size: a run of N samples can be
+resumed with another batch size or number of devices, and grown to more samples, sampling only the new
+indices. The files of a run (shards named by their index ranges) are :mod:`.shards`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal, Optional, Sequence
 
@@ -53,11 +52,10 @@ def parse_classes(classes: str | int | Sequence[int] | None, num_classes: Option
 
 @dataclass(frozen=True)
 class SamplePlan:
-    """The samples of a run: which indices form which shard, their labels and noise seeds.
+    """The samples of a run: their labels and noise seeds, by index.
 
     Args:
-        num_samples: total number of samples N.
-        batch_size: samples per shard (also the sampling batch).
+        num_samples: total number of samples N (indices 0..N-1).
         seed: the run's seed; sample i depends on ``(seed, i)`` only.
         num_classes: class count of the labels (``None``: no labels).
         classes: ``"all"`` cycles 0..K-1 by index, ``"random"`` draws uniformly per sample, a list
@@ -67,7 +65,6 @@ class SamplePlan:
     """
 
     num_samples: int
-    batch_size: int
     seed: int = 0
     num_classes: Optional[int] = None
     classes: ClassChoice | tuple[int, ...] = "all"
@@ -77,25 +74,12 @@ class SamplePlan:
         resolve_noise(self.noise, "cpu")  # a bad kind fails here
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be positive, got {self.num_samples}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         if not isinstance(self.classes, str):
             object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
 
-    @property
-    def num_shards(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def shard_indices(self, shard: int) -> range:
-        """Sample indices of ``shard``."""
-        if not 0 <= shard < self.num_shards:
-            raise IndexError(f"shard {shard} out of range (0..{self.num_shards - 1})")
-        start = shard * self.batch_size
-        return range(start, min(start + self.batch_size, self.num_samples))
-
-    def shards_of_rank(self, rank: int, world_size: int) -> list[int]:
-        """Round-robin assignment: rank r takes shards r, r + W, r + 2W, ..."""
-        return list(range(rank, self.num_shards, world_size))
+    def identity(self) -> dict:
+        """What makes sample i the image it is (not N: a run grows; not the batching: a run is re-batched)."""
+        return dict(seed=self.seed, num_classes=self.num_classes, classes=self.classes, noise=self.noise)
 
     def _sequence(self, index: int, stream: int) -> np.random.SeedSequence:
         return np.random.SeedSequence([self.seed, index, stream])
@@ -108,13 +92,27 @@ class SamplePlan:
         cycle = range(self.num_classes) if self.classes == "all" else self.classes
         return int(cycle[index % len(cycle)])
 
-    def labels(self, shard: int) -> Optional[torch.Tensor]:
+    def labels(self, indices: range) -> Optional[torch.Tensor]:
+        """The labels of samples ``indices`` (``None`` without classes)."""
         if self.num_classes is None:
             return None
-        return torch.tensor([self.label(i) for i in self.shard_indices(shard)], dtype=torch.long)
+        return torch.tensor([self.label(i) for i in indices], dtype=torch.long)
 
-    def generators(self, shard: int, device: torch.device | str = "cpu",
+    def generators(self, indices: range, device: torch.device | str = "cpu",
                    stream: int = NOISE_STREAM) -> list[torch.Generator] | PhiloxStreams:
-        """The shard's per-sample noise streams, seeded from ``(seed, index, stream)``: each sample's noise is
-        its own (one generator per sample, or Philox streams, as ``noise`` says on ``device``)."""
-        return sample_noise(self.seed, self.shard_indices(shard), device, stream, self.noise)
+        """The per-sample noise streams of ``indices``, seeded from ``(seed, index, stream)``: each sample's noise
+        is its own (one generator per sample, or Philox streams, as ``noise`` says on ``device``)."""
+        return sample_noise(self.seed, indices, device, stream, self.noise)
+
+
+def batches(missing: Sequence[range], batch_size: int) -> list[range]:
+    """Cut the index ranges still to sample into batches of at most ``batch_size`` consecutive indices."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    return [range(start, min(start + batch_size, span.stop)) for span in missing
+            for start in range(span.start, span.stop, batch_size)]
+
+
+def batches_of_rank(work: Sequence[range], rank: int, world_size: int) -> list[range]:
+    """Round-robin assignment: rank r takes batches r, r + W, r + 2W, ..."""
+    return list(work[rank::world_size])

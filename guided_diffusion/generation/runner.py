@@ -1,7 +1,9 @@
-"""Lightning glue of a sampling run: ``Trainer.predict`` over shard indices, one shard per step.
+"""Lightning glue of a sampling run: ``Trainer.predict`` over batches of sample indices, one shard per step.
 
-Each rank takes shards r, r + W, ... (:meth:`SamplePlan.shards_of_rank`) that are not yet on disk,
-samples each with per-sample generators and writes it atomically; after a barrier, rank 0 merges.
+Rank 0 scans the run directory for the samples no intact shard holds yet and broadcasts them; they are
+cut into batches of ``batch_size`` (:func:`.plan.batches`) and rank r takes batches r, r + W, ...; each is
+sampled with per-sample noise streams and written atomically as the shard of its index range. After a
+barrier, rank 0 merges. The batch size and the number of processes can change from one run to the next.
 Lightning supplies devices, DDP, precision (autocast) and the progress bar; the sampling itself is
 :func:`guided_diffusion.sampling.sample`.
 
@@ -31,8 +33,8 @@ from ..sampler_protocol import NOISE_STREAM
 from ..guidance import as_guidance
 from ..sampling import Guidance, sample
 from .conditions import ImageCondition
-from .plan import SamplePlan
-from .shards import arrays_problem, check_manifest, complete_shards, merge_shards, read_shard, shard_path, write_shard
+from .plan import SamplePlan, batches, batches_of_rank
+from .shards import check_manifest, merge_shards, read_samples, read_shard, scan, write_shard
 
 #: Sub-directory of a cascade run that holds the base model's (low-resolution) shards and merged ``.npz``.
 LOW_RES_DIRECTORY = "low_res"
@@ -58,11 +60,10 @@ class Stage:
     condition: Optional[ImageCondition] = None
     stream: int = NOISE_STREAM
 
-    def images(self, plan: SamplePlan, shard: int, labels: Optional[torch.Tensor], device: torch.device,
+    def images(self, plan: SamplePlan, indices: range, labels: Optional[torch.Tensor], device: torch.device,
                low_res: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The shard's images in [-1, 1], NCHW (``low_res``: the super-resolution input, [-1, 1] NCHW)."""
-        indices = plan.shard_indices(shard)
-        generators = plan.generators(shard, device, self.stream)
+        """The images of samples ``indices`` in [-1, 1], NCHW (``low_res``: the super-resolution input, [-1, 1])."""
+        generators = plan.generators(indices, device, self.stream)
         guidance = self.guidance
         if self.condition is not None:
             built = self.condition.build(indices, self.diffusion, device, generators)
@@ -75,16 +76,26 @@ class Stage:
 
 
 class ShardQueue(L.LightningDataModule):
-    """The shards this rank still has to write (read at the start of the run, so a re-run resumes)."""
+    """The batches of samples this rank still has to write (rank 0 scans the directory at the start of the run,
+    so a re-run resumes, and broadcasts what is missing, so every rank cuts the same batches)."""
 
-    def __init__(self, plan: SamplePlan, directory: str | os.PathLike):
+    def __init__(self, plan: SamplePlan, directory: str | os.PathLike, batch_size: int, command: str = "gd sample"):
         super().__init__()
-        self.plan, self.directory = plan, Path(directory)
+        self.plan, self.directory, self.batch_size, self.command = plan, Path(directory), batch_size, command
 
     def predict_dataloader(self) -> DataLoader:
-        mine = self.plan.shards_of_rank(self.trainer.global_rank, self.trainer.world_size)
-        done = complete_shards(self.directory, self.plan, mine, set_aside_bad=True)  # bad ones: renamed, redone
-        return DataLoader([shard for shard in mine if shard not in done], batch_size=None, shuffle=False)
+        missing = None
+        if self.trainer.is_global_zero:
+            coverage = scan(self.directory, self.plan, set_aside_bad=True)  # bad shards: renamed, redone
+            missing = [(span.start, span.stop) for span in coverage.missing]
+            to_do = self.plan.num_samples - coverage.num_present
+            print(f"{self.command}: {coverage.num_present} of {self.plan.num_samples} samples already written, "
+                  f"sampling {to_do} in {len(batches([range(*span) for span in missing], self.batch_size))} "
+                  f"batches of up to {self.batch_size}")
+        missing = self.trainer.strategy.broadcast(missing, src=0)
+        work = batches([range(start, stop) for start, stop in missing], self.batch_size)
+        mine = batches_of_rank(work, self.trainer.global_rank, self.trainer.world_size)
+        return DataLoader([(indices.start, indices.stop) for indices in mine], batch_size=None, shuffle=False)
 
 
 class ShardSampler(L.LightningModule):
@@ -96,10 +107,11 @@ class ShardSampler(L.LightningModule):
         base: the model that makes images from noise (``None``: the images to upsample are ``low_res``).
         upsampler: the super-resolution stage of a cascade (``None``: the base images are the output).
         low_res: uint8 NHWC images to upsample, one per sample (``gd upsample``; needs ``upsampler``).
+        batch_size: samples per shard and per forward pass (may differ from the run's earlier batches).
     """
 
     def __init__(self, plan: SamplePlan, directory: str | os.PathLike, base: Optional[Stage],
-                 upsampler: Optional[Stage] = None, low_res: Optional[np.ndarray] = None):
+                 upsampler: Optional[Stage] = None, low_res: Optional[np.ndarray] = None, batch_size: int = 25):
         super().__init__()
         if (base is None) == (low_res is None) or (low_res is not None and upsampler is None):
             raise ValueError("a sampling run has a base model, or low-resolution images and an upsampler")
@@ -113,7 +125,7 @@ class ShardSampler(L.LightningModule):
             self.cost.count(stage.network, "model_evaluations")
         for network in classifiers:
             self.cost.count(network, "classifier_evaluations")
-        self.plan, self.directory = plan, Path(directory)
+        self.plan, self.directory, self.batch_size = plan, Path(directory), batch_size
         self.merged: Optional[Path] = None
         self.merged_low_res: Optional[Path] = None
 
@@ -121,38 +133,32 @@ class ShardSampler(L.LightningModule):
     def cascade(self) -> bool:
         return self.base is not None and self.upsampler is not None
 
-    def predict_step(self, shard, batch_idx: int) -> int:
-        shard = int(shard)
+    def predict_step(self, batch, batch_idx: int) -> tuple[int, int]:
+        indices = range(int(batch[0]), int(batch[1]))
         started = time.perf_counter()
-        labels = self.plan.labels(shard)
+        labels = self.plan.labels(indices)
         on_device = None if labels is None else labels.to(self.device)
         if self.upsampler is None:
-            images = to_uint8_nhwc(self.base.images(self.plan, shard, on_device, self.device).float()).cpu().numpy()
+            images = to_uint8_nhwc(self.base.images(self.plan, indices, on_device, self.device).float()).cpu().numpy()
         else:
-            low_res = from_uint8_nhwc(self._low_res_images(shard, labels, on_device)).to(self.device)
-            images = self.upsampler.images(self.plan, shard, on_device, self.device, low_res=low_res)
+            low_res = from_uint8_nhwc(self._low_res_images(indices, labels, on_device)).to(self.device)
+            images = self.upsampler.images(self.plan, indices, on_device, self.device, low_res=low_res)
             images = to_uint8_nhwc(images.float()).cpu().numpy()
         self.cost.samples += len(images)
         self.cost.seconds += time.perf_counter() - started  # the images are on the host: no pending work
-        write_shard(self.directory, shard, images, None if labels is None else labels.numpy())
-        return shard
+        write_shard(self.directory, indices, images, None if labels is None else labels.numpy())
+        return indices.start, indices.stop
 
-    def _low_res_images(self, shard: int, labels: Optional[torch.Tensor], on_device) -> np.ndarray:
-        """The upsampler's input: the given images, or the base shard (kept from an earlier run, else sampled)."""
+    def _low_res_images(self, indices: range, labels: Optional[torch.Tensor], on_device) -> np.ndarray:
+        """The upsampler's input: the given images, or the base samples (kept from an earlier run, else sampled)."""
         if self.low_res is not None:
-            indices = self.plan.shard_indices(shard)
             return self.low_res[indices.start:indices.stop]
         directory = self.directory / LOW_RES_DIRECTORY
-        path = shard_path(directory, shard)
-        if path.exists():  # kept from an interrupted run: reused if it is intact (read once)
-            try:
-                kept, kept_labels = read_shard(path)
-                if arrays_problem(kept, kept_labels, self.plan, shard) is None:
-                    return kept
-            except ValueError:
-                pass  # unreadable: sampled again and rewritten atomically
-        images = to_uint8_nhwc(self.base.images(self.plan, shard, on_device, self.device).float()).cpu().numpy()
-        write_shard(directory, shard, images, None if labels is None else labels.numpy())
+        kept = read_samples(directory, self.plan, indices)  # intact base shards of an interrupted run: reused
+        if kept is not None:
+            return kept
+        images = to_uint8_nhwc(self.base.images(self.plan, indices, on_device, self.device).float()).cpu().numpy()
+        write_shard(directory, indices, images, None if labels is None else labels.numpy())
         return images
 
     def on_predict_end(self) -> None:
@@ -223,7 +229,8 @@ def run_shards(module: ShardSampler, settings: dict[str, Any], banner: str, *, a
         check_manifest(output, settings)
         print(f"{command}: {banner}")
     trainer.strategy.barrier("manifest")
-    trainer.predict(module, datamodule=ShardQueue(module.plan, output), return_predictions=False)
+    trainer.predict(module, datamodule=ShardQueue(module.plan, output, module.batch_size, command),
+                    return_predictions=False)
     if not trainer.is_global_zero:
         return SampleResult(None, None, time.perf_counter() - started)
     merged = module.merged or merge_shards(output, module.plan)  # ddp_spawn: the merge happened in a worker

@@ -18,7 +18,9 @@ from ..nets import apply_fast_paths
 from ..sampler_protocol import NoiseKind
 from ..sampling import SamplerName
 from ..torch_files import check_torch_file
-from .command import Precision, Strategy, file_fingerprint, sampler_options, upsampler_stage_of
+from ..cli_types import WandbMode
+from ..tracking import Tracking
+from .command import Precision, Strategy, file_identities, log_run, sampler_options, upsampler_stage_of
 from .conditions import load_low_res
 from .pairing import check_upsampler
 from .plan import SamplePlan
@@ -30,7 +32,8 @@ def upsample(low_res: str, upsampler: str, output: str = "outputs/upsampled", *,
              noise: NoiseKind = "auto", ema: bool = True, precision: Precision = "32-true", accelerator: str = "auto",
              devices: int = 1,
              num_nodes: int = 1, strategy: Strategy = "auto", timeout_minutes: float = 30.0,
-             compile: bool = False, channels_last: bool = False, grid: bool = True, progress: bool = True):
+             compile: bool = False, channels_last: bool = False, grid: bool = True, progress: bool = True,
+             wandb_project: Optional[str] = None, wandb_mode: WandbMode = "offline", log_artifacts: bool = False):
     """Upsample the images of an ADM sample ``.npz`` with a super-resolution model (ADM-U).
 
     Args:
@@ -58,8 +61,12 @@ def upsample(low_res: str, upsampler: str, output: str = "outputs/upsampled", *,
         channels_last: NHWC memory order for the convolutions.
         grid: write ``grid.png`` of the first samples.
         progress: show the progress bar.
+        wandb_project: log the run to this W&B project (as ``gd sample --wandb_project``).
+        wandb_mode: ``offline``, ``online`` or ``disabled``.
+        log_artifacts: also log the merged ``.npz`` and ``run.json`` as a ``samples`` artifact.
     """
     started = time.perf_counter()
+    tracking = Tracking(wandb_project, wandb_mode, log_artifacts)
     options = sampler_options(sampler, steps, eta, clip_denoised)
     if batch_size < 1 or (num_samples is not None and num_samples < 1):
         raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}")
@@ -78,20 +85,22 @@ def upsample(low_res: str, upsampler: str, output: str = "outputs/upsampled", *,
     check_upsampler(model, config.low_res_size, config.in_channels, num_classes, f"the images of {low_res}")
     if model.num_classes is not None:
         num_classes = model.num_classes
-    plan = SamplePlan(len(images), batch_size, seed, num_classes,
+    plan = SamplePlan(len(images), seed, num_classes,
                       "all" if labels is None else tuple(int(label) for label in labels), noise)
     stage = upsampler_stage_of(model, options)
     apply_fast_paths(stage.network, compile, channels_last)
-    settings = dict(low_res=file_fingerprint(low_res), num_samples=len(images), upsampler=file_fingerprint(upsampler),
-                    preset=preset, ema=ema, sampler=sampler, steps=str(options["steps"]), eta=eta,
-                    clip_denoised=clip_denoised, precision=precision, seed=seed, batch_size=batch_size,
-                    noise=noise)
+    settings = dict(preset=preset, ema=ema, sampler=sampler, steps=str(options["steps"]), eta=eta,
+                    clip_denoised=clip_denoised, precision=precision, seed=seed, noise=noise,
+                    **file_identities(output, low_res=low_res, upsampler=upsampler))
 
     from .runner import ShardSampler, run_shards
 
-    module = ShardSampler(plan, output, None, stage, low_res=np.ascontiguousarray(images))
+    module = ShardSampler(plan, output, None, stage, low_res=np.ascontiguousarray(images), batch_size=batch_size)
     banner = (f"{len(images)} images of {low_res} upsampled {config.low_res_size} -> {config.image_size} px by "
-              f"{model.source}; {sampler} {options['steps']}; {plan.num_shards} shards of {batch_size} in {output}")
-    return run_shards(module, settings, banner, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                      strategy=strategy, timeout_minutes=timeout_minutes, precision=precision, grid=grid,
-                      progress=progress, started=started, command="gd upsample")
+              f"{model.source}; {sampler} {options['steps']}; into {output}")
+    result = run_shards(module, settings, banner, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                        strategy=strategy, timeout_minutes=timeout_minutes, precision=precision, grid=grid,
+                        progress=progress, started=started, command="gd upsample")
+    log_run(tracking, "upsample", result, settings, dict(low_res=low_res, upsampler=upsampler),
+            dict(num_samples=len(images), batch_size=batch_size, devices=devices, num_nodes=num_nodes))
+    return result

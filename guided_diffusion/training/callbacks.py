@@ -1,4 +1,4 @@
-"""Training callbacks: a grid of EMA samples logged every N steps."""
+"""Training callbacks: a grid of EMA samples logged every N steps and at every validation."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,11 +30,14 @@ class SampleGridCallback(Callback):
         at_train_end: also log a grid when training ends.
         weights: ``"ema"`` (the averaged weights validation uses) or ``"raw"`` (the training
             weights); the caption names them (e.g. the EMA schedule and its update count).
+        at_validation: also log a grid after every validation run in training (not the sanity check), so the
+            grid sits beside the validation losses of the same step (once per step: a step that already
+            logged one is not sampled again).
     """
 
     def __init__(self, every_n_steps: int = 1000, samples_per_class: int = 8, max_classes: int = 10,
                  num_samples: int = 64, sampler: str = "ddim", steps: str = "ddim25", seed: int = 0,
-                 at_train_end: bool = True, weights: Literal["ema", "raw"] = "ema"):
+                 at_train_end: bool = True, weights: Literal["ema", "raw"] = "ema", at_validation: bool = True):
         if weights not in ("ema", "raw"):
             raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
         self.weights = weights
@@ -42,12 +45,17 @@ class SampleGridCallback(Callback):
             raise ValueError("every_n_steps must be >= 0 and the grid sizes >= 1")
         self.every_n_steps, self.samples_per_class, self.max_classes = every_n_steps, samples_per_class, max_classes
         self.num_samples, self.sampler, self.steps, self.seed = num_samples, sampler, steps, seed
-        self.at_train_end = at_train_end
+        self.at_train_end, self.at_validation = at_train_end, at_validation
         self._last_step: Optional[int] = None
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
         if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self.log_samples(trainer, pl_module)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
+        if self.at_validation and fitting and trainer.global_step != self._last_step:
             self.log_samples(trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

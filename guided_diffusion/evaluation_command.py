@@ -41,6 +41,8 @@ def evaluate(ref_batch: str, sample_batch: str, *, output_json: Optional[str] = 
         options: the evaluation options (``features``, ``batch_size``, ``reference_cache``, ``nearest_k``...).
     """
     tracking = Tracking(wandb_project, wandb_mode, log_artifacts)
+    if log_artifacts and not output_json:
+        raise ValueError("--log_artifacts logs the results JSON: give --output_json PATH")
     if devices < 1 or num_nodes < 1:
         raise ValueError(f"devices and num_nodes must be positive, got {devices} and {num_nodes}")
     if devices * num_nodes == 1:

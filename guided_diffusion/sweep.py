@@ -217,8 +217,10 @@ def sweep(checkpoint: str, reference: str, output: str = "outputs/sweep", *,
     stored = read_statistics(reference) if features == "inception" else {}
     references = {}
     if reference_info.images is not None:
-        references = reference_features(extractor, reference, extractor_identity(extractor, features, resize),
-                                        cache=resolve_cache(reference_cache), progress=progress)
+        cache = resolve_cache(reference_cache)
+        fingerprints = None if cache is None else cache / "fingerprints.json"
+        identity = extractor_identity(extractor, features, resize, fingerprints)
+        references = reference_features(extractor, reference, identity, cache=cache, progress=progress)
     elif not {"pool", "spatial"} <= set(stored):
         raise ValueError(f"{reference}: no images and no usable Inception statistics for features={features!r}")
 

@@ -173,3 +173,22 @@ def test_the_cli_runs_upsample_and_an_unconditional_upsampler_keeps_the_labels(m
         "--steps", "ddim2", "--batch_size", "2", "--accelerator", "cpu", "--progress", "false"])
     written = read(tmp_path / "out" / "samples_2x16x16x3.npz")
     assert np.array_equal(written["arr_1"], labels) and "upsampled 8 -> 16 px" in capsys.readouterr().out
+
+
+def test_a_bad_base_shard_of_a_cascade_is_set_aside_and_made_again(models, tmp_path, capsys):
+    """A cut-short ``low_res/`` shard is renamed *.bad before the run (not left to break the merge) and the
+    base samples it held are sampled again, also when the resume uses another batch size."""
+    options = dict(upsampler=models["up"], num_samples=8, classes="random", seed=5, **FAST)
+    run = tmp_path / "run"
+    reference = read(sample(models["base"], str(run), **options).samples)
+    base = run / "low_res" / "shard-00000004-00000008.npz"
+    base.write_bytes(base.read_bytes()[:100])
+    for path in [run / "shard-00000004-00000008.npz", *run.glob("samples_*.npz"), *run.glob("low_res/samples_*")]:
+        path.unlink()
+    capsys.readouterr()
+    result = sample(models["base"], str(run), **{**options, "batch_size": 2})
+    assert "low_res/shard-00000004-00000008.npz is bad" in capsys.readouterr().out
+    assert (run / "low_res" / "shard-00000004-00000008.npz.bad").exists()
+    resumed = read(result.samples)
+    assert np.array_equal(resumed["arr_0"], reference["arr_0"]) and np.array_equal(resumed["arr_1"], reference["arr_1"])
+    assert read(result.low_res)["arr_0"].shape == (8, 8, 8, 3)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from guided_diffusion.data.datasets import load_mnist5k
+from guided_diffusion.content_hash import content_hash
 from guided_diffusion.evaluation_command import evaluate
 from tests.helpers import wandb_run
 
@@ -66,6 +67,26 @@ def test_reference_features_are_cached_by_content_and_extractor(batches, tmp_pat
     assert calls[-2:] == [300, 120]  # no cache: computed
 
 
+def test_the_cache_key_holds_the_extractor_and_the_content_of_its_weights(batches, tmp_path, monkeypatch):
+    from guided_diffusion.evaluation import build_feature_extractor
+
+    cache = tmp_path / "cache"
+    extractor = build_feature_extractor("mnist")
+    identity = evaluate_module.extractor_identity(extractor, "mnist", "tf1", cache / "fingerprints.json")
+    assert identity.split("|")[1] == content_hash(extractor.weights_path)  # the weights' content, not their path
+    calls = count_extractions(monkeypatch)
+    reference = str(batches / "reference.npz")
+    first = evaluate_module.reference_features(extractor, reference, identity, cache=cache)
+    assert torch_equal(evaluate_module.reference_features(extractor, reference, identity, cache=cache), first)
+    assert len(calls) == 1
+    evaluate_module.reference_features(extractor, reference, identity.replace("|resize", "|pad"), cache=cache)
+    assert len(calls) == 2 and len(list(cache.glob("reference-*.npz"))) == 2  # another extractor: its own entry
+
+
+def torch_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[key], b[key]) for key in a)
+
+
 def test_two_processes_give_the_metrics_of_one(batches, tmp_path):
     one = evaluate(str(batches / "reference.npz"), str(batches / "samples.npz"), reference_cache="none",
                    output_json=str(tmp_path / "one.json"), **OPTIONS)
@@ -86,6 +107,9 @@ def test_two_processes_give_the_metrics_of_one(batches, tmp_path):
         assert set(alone) <= set(data.files) and all(np.array_equal(data[key], alone[key]) for key in alone)
     for name, value in one["metrics"].items():  # (BLAS threads differ between the processes: float rounding)
         assert two["metrics"][name] == pytest.approx(value, rel=1e-6), name
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]  # rank 0 reads the cache, rank 1 follows: no collective skew
+    assert json.loads((tmp_path / "two.json").read_text())["metrics"] == two["metrics"]
 
 
 def test_an_evaluation_logs_to_wandb_offline(batches, tmp_path):
@@ -109,6 +133,7 @@ def test_bad_tracking_and_device_options_are_one_line_each(batches, tmp_path):
     for options, message in ((dict(log_artifacts=True), "--log_artifacts needs --wandb_project"),
                              (dict(wandb_project="a b"), "wandb_project 'a b'"),
                              (dict(devices=0), "devices and num_nodes must be positive"),
+                             (dict(wandb_project="p", log_artifacts=True), "give --output_json"),
                              (dict(devices=2, device="cuda"), "--device is one process's device")):
         with pytest.raises(ValueError, match=message):
             evaluate(str(batches / "reference.npz"), str(batches / "samples.npz"), **{**OPTIONS, **options})

@@ -140,22 +140,30 @@ def test_a_run_of_an_earlier_layout_is_refused(checkpoints, tmp_path):  # noqa: 
 
 def test_two_processes_grow_a_one_process_run(checkpoints, tmp_path):  # noqa: F811
     """Samples 0..2 from one process with batches of 3, grown to 7 by ``gd sample --devices 2`` with batches of 2
-    (rank 0 takes 3..4, rank 1 5..6), equal the 7 samples of one process."""
+    (rank 0 takes 3..4, rank 1 5..6), equal the 7 samples of one process; grown again to 8 (one batch for two
+    ranks: rank 1 has nothing to do and must not hang the run)."""
     common = dict(classifier=checkpoints["classifier"], scale=2.0, steps="ddim3", accelerator="cpu", progress=False)
-    one = read(sample(checkpoints["diffusion"], str(tmp_path / "one"), num_samples=7, batch_size=2, **common).samples)
+    one = read(sample(checkpoints["diffusion"], str(tmp_path / "one"), num_samples=8, batch_size=2, **common).samples)
     sample(checkpoints["diffusion"], str(tmp_path / "two"), num_samples=3, batch_size=3, **common)
-    args = [checkpoints["diffusion"], "--classifier", checkpoints["classifier"], "--scale", "2", "--num_samples", "7",
-            "--batch_size", "2", "--steps", "ddim3", "--accelerator", "cpu", "--progress", "false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    command = [sys.executable, "-m", "guided_diffusion.cli", "sample", *args, "--output", str(tmp_path / "two"),
-               "--devices", "2", "--timeout_minutes", "2"]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "3 of 7 samples already written, sampling 4 in 2 batches of up to 2" in completed.stdout
+
+    def two_processes(count):
+        args = [checkpoints["diffusion"], "--classifier", checkpoints["classifier"], "--scale", "2", "--num_samples",
+                str(count), "--batch_size", "2", "--steps", "ddim3", "--accelerator", "cpu", "--progress", "false"]
+        command = [sys.executable, "-m", "guided_diffusion.cli", "sample", *args, "--output", str(tmp_path / "two"),
+                   "--devices", "2", "--timeout_minutes", "1"]
+        completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        return completed.stdout
+
+    assert "3 of 7 samples already written, sampling 4 in 2 batches of up to 2" in two_processes(7)
     assert sorted(p.name for p in (tmp_path / "two").glob("shard-*")) == [
         "shard-00000000-00000003.npz", "shard-00000003-00000005.npz", "shard-00000005-00000007.npz"]
     two = read(tmp_path / "two" / "samples_7x16x16x3.npz")
-    assert np.array_equal(two["arr_0"], one["arr_0"]) and np.array_equal(two["arr_1"], one["arr_1"])
+    assert np.array_equal(two["arr_0"], one["arr_0"][:7]) and np.array_equal(two["arr_1"], one["arr_1"][:7])
+    assert "7 of 8 samples already written, sampling 1 in 1 batches of up to 2" in two_processes(8)
+    grown = read(tmp_path / "two" / "samples_8x16x16x3.npz")
+    assert np.array_equal(grown["arr_0"], one["arr_0"]) and np.array_equal(grown["arr_1"], one["arr_1"])
 
 
 def test_a_sample_run_logs_to_wandb_offline_with_its_grid_cost_and_artifact(checkpoints, tmp_path):  # noqa: F811

@@ -263,7 +263,10 @@ def test_the_grid_callback_logs_the_ema_grid_at_each_validation_once_per_step(tm
                                   at_train_end=False)
     fit = trainer(tmp_path, max_steps=6, callbacks=[callback], limit_val_batches=1, val_check_interval=3,
                   num_sanity_val_steps=1)
+    steps, original = [], callback.log_samples
+    callback.log_samples = lambda trainer, pl_module: steps.append(trainer.global_step) or original(trainer, pl_module)
     fit.fit(module, tiny_data())
+    assert steps == [2, 3, 4, 6]  # step 6: one grid for the step and its validation
     assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == [
         "step_0000002.png", "step_0000003.png", "step_0000004.png", "step_0000006.png"]
     quiet = SampleGridCallback(every_n_steps=0, samples_per_class=1, max_classes=2, steps="ddim2",

@@ -54,10 +54,14 @@ def default_cache() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "guided_diffusion")
 
 
-def extractor_identity(extractor: FeatureExtractor, features: str, resize: str) -> str:
-    """What determines an extractor's features: its kind, its weights file and how images are resized."""
-    source = getattr(getattr(extractor, "network", None), "source", extractor.name)
-    return f"{features}|{source}|{resize if features == 'inception' else getattr(extractor, 'resize', None)}"
+def extractor_identity(extractor: FeatureExtractor, features: str, resize: str,
+                       fingerprints: Optional[Path] = None) -> str:
+    """What determines an extractor's features: its kind, the content of its weights file (SHA-256; cached in
+    ``fingerprints``) and how images are resized."""
+    source = getattr(extractor, "weights_path", None) or getattr(getattr(extractor, "network", None), "source", None)
+    weights = content_hash(source, fingerprints) if source is not None and Path(source).is_file() else source
+    resizing = resize if features == "inception" else getattr(extractor, "resize", None)
+    return f"{features}|{weights or extractor.name}|{resizing}"
 
 
 def reference_features(extractor: FeatureExtractor, path: str | os.PathLike, identity: str, *, batch_size: int = 64,
@@ -73,20 +77,33 @@ def reference_features(extractor: FeatureExtractor, path: str | os.PathLike, ide
         return extract_features(extractor, iter_image_batches(path, batch_size), progress=progress,
                                 distributed=distributed)
     cache = Path(cache)
+    rank = process_group()[0] if distributed else 0
     digest = content_hash(path, cache / "fingerprints.json").split(":")[-1]
-    key = text_digest(identity)
-    file = cache / f"reference-{digest[:24]}-{key[:12]}.npz"
+    file = cache / f"reference-{digest[:24]}-{text_digest(identity)[:12]}.npz"
+    cached = _read_cached(file, identity) if rank == 0 else None
+    if distributed:  # rank 0 decides, so that every rank takes the same collective path
+        hit = [cached is not None]
+        torch.distributed.broadcast_object_list(hit, src=0)
+        if hit[0]:
+            return cached if rank == 0 else {}  # only rank 0 computes the metrics
+    elif cached is not None:
+        return cached
+    computed = extract_features(extractor, iter_image_batches(path, batch_size), progress=progress,
+                                distributed=distributed)
+    if rank == 0:
+        atomic_savez(file, identity=np.array(identity), **computed)
+    return computed
+
+
+def _read_cached(file: Path, identity: str) -> Optional[dict[str, np.ndarray]]:
+    """The features cached in ``file`` if it reads back and was made by the extractor ``identity``."""
     try:
         with np.load(file, allow_pickle=False) as data:
             if str(data["identity"]) == identity:
                 return {name: data[name] for name in data.files if name != "identity"}
     except (OSError, ValueError, KeyError, EOFError):
         pass  # not cached yet, or unreadable: computed again
-    computed = extract_features(extractor, iter_image_batches(path, batch_size), progress=progress,
-                                distributed=distributed)
-    if process_group()[0] == 0 or not distributed:
-        atomic_savez(file, identity=np.array(identity), **computed)
-    return computed
+    return None
 
 
 def resolve_cache(reference_cache: Optional[str]) -> Optional[Path]:
@@ -151,7 +168,8 @@ def evaluate(
         progress: show progress bars (on stderr).
 
     Returns:
-        The JSON payload: ``metrics`` (name -> value or None), ``notes``, ``details`` and the inputs.
+        The JSON payload (``{}`` on ranks other than 0 of a distributed run): ``metrics`` (name -> value or
+        None), ``notes``, ``details`` and the inputs.
     """
     started = time.perf_counter()
     reference_info, sample_info = inspect_npz(ref_batch), inspect_npz(sample_batch)
@@ -164,13 +182,16 @@ def evaluate(
     extractor = build_feature_extractor(features, inception_weights=inception_weights, resize=resize,
                                         device=torch.device(device))
     cache = resolve_cache(reference_cache)
-    identity = extractor_identity(extractor, features, resize)
+    fingerprints = None if cache is None else cache / "fingerprints.json"
+    identity = extractor_identity(extractor, features, resize, fingerprints)
     references: dict[str, np.ndarray] = {}
     if reference_info.images is not None:
         references = reference_features(extractor, ref_batch, identity, batch_size=batch_size, cache=cache,
                                         progress=progress, distributed=distributed)
     sample_features = extract_features(extractor, iter_image_batches(sample_batch, batch_size),
                                        progress=progress, distributed=distributed)
+    if distributed and process_group()[0] != 0:
+        return {}  # rank 0 computes, prints and writes the metrics
     hint = IS_NEEDS_LOGITS if features == "inception" else "the feature extractor gives no logits"
     results = compute_metrics(references, sample_features, reference_statistics=stored,
                               split_size=split_size, nearest_k=nearest_k, device=torch.device(device),
@@ -191,8 +212,6 @@ def evaluate(
         "resize": resize if features == "inception" else getattr(extractor, "resize", None),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    if distributed and process_group()[0] != 0:
-        return payload
     print(format_table(results))
     if output_json is not None:
         path = write_json_atomic(output_json, payload)

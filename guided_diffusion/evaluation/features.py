@@ -284,7 +284,8 @@ class MnistFeatureExtractor(ModuleFeatureExtractor):
         from digit_recognizer.model import CNN
 
         cnn = CNN()
-        state = load_torch_file(weights or mnist_weights_path(), "MNIST CNN weights file")
+        self_weights = Path(weights or mnist_weights_path())
+        state = load_torch_file(self_weights, "MNIST CNN weights file")
         cnn.load_state_dict(state)
         super().__init__(
             MnistFeatureNetwork(cnn),
@@ -292,7 +293,7 @@ class MnistFeatureExtractor(ModuleFeatureExtractor):
             preprocess=lambda pixels: mnist_preprocess(pixels, resize),
             name="mnist",
         )
-        self.resize = resize
+        self.resize, self.weights_path = resize, self_weights
 
 
 def build_feature_extractor(features: FeatureName = "inception", *, inception_weights: str | None = None,

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..images import from_uint8_nhwc, save_grid, to_uint8_nhwc
-from ..sampler_protocol import NOISE_STREAM
+from ..sampler_protocol import NOISE_STREAM, resolve_noise
 from ..guidance import as_guidance
 from ..sampling import Guidance, sample
 from .conditions import ImageCondition
@@ -86,6 +86,8 @@ class ShardQueue(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         missing = None
         if self.trainer.is_global_zero:
+            if (self.directory / LOW_RES_DIRECTORY).is_dir():  # a cascade's bad base shards: renamed, redone
+                scan(self.directory / LOW_RES_DIRECTORY, self.plan, set_aside_bad=True)
             coverage = scan(self.directory, self.plan, set_aside_bad=True)  # bad shards: renamed, redone
             missing = [(span.start, span.stop) for span in coverage.missing]
             to_do = self.plan.num_samples - coverage.num_present
@@ -95,7 +97,10 @@ class ShardQueue(L.LightningDataModule):
         missing = self.trainer.strategy.broadcast(missing, src=0)
         work = batches([range(start, stop) for start, stop in missing], self.batch_size)
         mine = batches_of_rank(work, self.trainer.global_rank, self.trainer.world_size)
-        return DataLoader([(indices.start, indices.stop) for indices in mine], batch_size=None, shuffle=False)
+        # a rank with nothing to do still runs one (empty) step: Lightning skips the hooks of an empty
+        # loader, and the barrier in on_predict_end must be reached by every rank
+        items = [(indices.start, indices.stop) for indices in mine] or [(0, 0)]
+        return DataLoader(items, batch_size=None, shuffle=False)
 
 
 class ShardSampler(L.LightningModule):
@@ -135,6 +140,8 @@ class ShardSampler(L.LightningModule):
 
     def predict_step(self, batch, batch_idx: int) -> tuple[int, int]:
         indices = range(int(batch[0]), int(batch[1]))
+        if not indices:
+            return indices.start, indices.stop  # this rank's share of the work is empty
         started = time.perf_counter()
         labels = self.plan.labels(indices)
         on_device = None if labels is None else labels.to(self.device)
@@ -225,6 +232,8 @@ def run_shards(module: ShardSampler, settings: dict[str, Any], banner: str, *, a
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=progress, inference_mode=False,  # guidance differentiates w.r.t. x
                         use_distributed_sampler=False, default_root_dir=output)
+    if settings.get("noise") == "auto":  # the identity holds the kind drawn on this run's device
+        settings = {**settings, "noise": resolve_noise("auto", trainer.strategy.root_device)}
     if trainer.is_global_zero:
         check_manifest(output, settings)
         print(f"{command}: {banner}")

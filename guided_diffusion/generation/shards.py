@@ -25,7 +25,7 @@ from .plan import SamplePlan
 MANIFEST = "run.json"
 #: Version of the run layout (shards by index range, identity without N and batch size) in ``run.json``.
 LAYOUT = 2
-_SHARD_NAME = re.compile(r"shard-(\d{8})-(\d{8})\.npz")
+_SHARD_NAME = re.compile(r"shard-(\d{8,})-(\d{8,})\.npz")
 
 
 def shard_path(directory: str | os.PathLike, indices: range) -> Path:
@@ -108,7 +108,7 @@ def scan(directory: str | os.PathLike, plan: SamplePlan, set_aside_bad: bool = F
     larger run) are left alone; where shards overlap, each index is taken once, from the first. ``within``:
     look at these indices only (default ``0..N-1``).
     """
-    directory, within = Path(directory), within or range(plan.num_samples)
+    directory, within = Path(directory), range(plan.num_samples) if within is None else within
     found = sorted(((indices, path) for path in directory.glob("shard-*.npz")
                     if (indices := shard_range(path)) is not None
                     and indices.start < within.stop and indices.stop > within.start),

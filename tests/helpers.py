@@ -125,3 +125,19 @@ def wandb_run(run_dir: Path) -> dict:
                 "type": artifact.type, "metadata": json.loads(artifact.metadata or "{}"),
                 "files": sorted(entry.path for entry in artifact.manifest.contents)}
     return contents
+
+
+def rescore(reference: str, samples: str) -> dict:
+    """FID / sFID / precision / recall of ``samples`` against ``reference`` by ``gd evaluate`` (MNIST features, no
+    cache), and the fraction the MNIST CNN recognises as their ``arr_1`` label: an independent recomputation of
+    what ``gd sweep`` / ``gd demo`` report."""
+    import numpy as np
+
+    from guided_diffusion.evaluation import build_feature_extractor, evaluate, extract_features, iter_image_batches
+
+    metrics = evaluate(str(reference), str(samples), features="mnist", reference_cache="none",
+                       progress=False)["metrics"]
+    logits = extract_features(build_feature_extractor("mnist"), iter_image_batches(samples, 64))["logits"]
+    with np.load(samples) as data:
+        metrics["accuracy"] = float((logits.argmax(1) == data["arr_1"]).mean())
+    return metrics

@@ -12,6 +12,7 @@ import yaml
 from PIL import Image
 
 from guided_diffusion.demo import CONFIGS, DEMO_PRESETS, demo, frame_mean
+from tests.helpers import rescore
 
 QUICK = dict(diffusion_steps=2, classifier_steps=2, scales=[0.0, 2.0], default_scale=2.0, steps="ddim2",
              num_samples=20, batch_size=8, classifier_batch_size=8, wandb="disabled", precision="32-true")
@@ -33,6 +34,9 @@ def test_demo_trains_samples_scores_and_reuses_its_work(tmp_path, capsys):
         samples = np.load(row["samples"])
         assert len(samples["arr_1"]) == 20 and np.bincount(samples["arr_1"]).tolist() == [2] * 10
         assert row["border"] == pytest.approx(frame_mean(samples["arr_0"]))
+        expected = rescore(tmp_path / "mnist_reference.npz", row["samples"])  # the table is gd evaluate's
+        assert row["fid"] == pytest.approx(expected["fid"], rel=1e-6)
+        assert row["accuracy"] == pytest.approx(expected["accuracy"])
     width, height = Image.open(tmp_path / "grid.png").size
     assert (width - 2) % 34 == 0 and (height - 2) % 34 == 0 and width * height > 34 * 34   # 32-px digits + padding
     assert json.loads((tmp_path / "results.json").read_text())["grid_scale"] == 2.0

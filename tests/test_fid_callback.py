@@ -97,6 +97,28 @@ def test_callback_logs_a_finite_small_sample_fid(trained):
     assert callback.reference_statistics.count == 64
 
 
+def test_the_callback_computes_the_frechet_distance_of_what_it_samples(trained):
+    """Given a module whose ``sample`` returns real held-out digits, the callback's value is the evaluation
+    suite's FID (float64 numpy statistics, scipy sqrtm) between those images' features and the reference
+    features, and it is far below the 4-step model's: the metric measures the distance, not just a number."""
+    callback = trained.callback
+    trained.data.setup("fit")
+    val = trained.data.val_dataloader().dataset  # sorted by class: every class, evenly
+    held_out = torch.stack([val[i][0] for i in range(0, len(val), len(val) // 24)][:24])  # [-1, 1] NCHW
+    real = SimpleNamespace(device=torch.device("cpu"), num_classes=10)
+    drawn = []
+    real.sample = lambda n, labels, **options: drawn.append(n) or held_out[sum(drawn) - n:sum(drawn)]
+    fake_trainer = SimpleNamespace(global_rank=0, world_size=1, precision_plugin=Precision(), global_step=5,
+                                   datamodule=trained.data)
+    value = callback.compute(fake_trainer, real)
+    callback.history.pop()  # the shared fixture's history stays the training's
+    with torch.no_grad():
+        features = callback.extractor(held_out.float())["pool"].double().numpy()
+    expected = frechet_distance(FeatureStatistics.from_features(features), callback.reference_statistics)
+    assert value == pytest.approx(expected, rel=1e-3)
+    assert value < 0.5 * callback.history[1][1], (value, callback.history)
+
+
 def test_callback_keeps_networks_frozen_and_out_of_the_checkpoint(trained):
     module, extractor = trained.module, trained.callback.extractor
     assert not any(p.requires_grad for p in module.ema.parameters())

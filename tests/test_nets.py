@@ -215,13 +215,27 @@ def test_bf16_autocast_forward_keeps_softmax_and_head_in_float32(monkeypatch):
     assert abs(mse(out) - mse(reference)) / mse(reference) < 1e-2
 
 
-def test_bf16_autocast_backward_runs():
+def test_bf16_autocast_gradients_match_the_fp32_gradients():
+    """bf16 autocast (8-bit mantissa, relative rounding 2^-8 = 0.4%) changes the gradient by rounding only: the
+    whole gradient vector within 1% (relative L2) of fp32's, every tensor with a sizeable gradient within 5%
+    (measured: 0.04% and at most 1.3%, 50 of 145 tensors compared)."""
     model = randomize(UNet(**TINY)).train()
-    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([5, 500]), torch.tensor([1, 2])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = model(x, t, y).pow(2).mean()
-    loss.backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    x, t, y = torch.randn(4, 3, 16, 16), torch.tensor([5, 500, 250, 999]), torch.tensor([1, 2, 0, 3])
+
+    def gradients(autocast: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(x, t, y).float().pow(2).mean()
+        loss.backward()
+        return {name: p.grad.detach().float().clone() for name, p in model.named_parameters()}
+
+    full, half = gradients(False), gradients(True)
+    assert all(torch.isfinite(g).all() for g in half.values())
+    flat = lambda grads: torch.cat([g.flatten() for g in grads.values()])  # noqa: E731
+    assert (flat(half) - flat(full)).norm() / flat(full).norm() < 0.01
+    for name in full:
+        if full[name].norm() > 1e-3 * flat(full).norm():  # tensors with a gradient worth comparing
+            assert (half[name] - full[name]).norm() / full[name].norm() < 0.05, name
 
 
 # ---------------------------------------------------------------------------------------------- checkpointing

@@ -126,3 +126,34 @@ def test_config_maps_reference_flags_to_typed_options():
     d = config.build_for_sampling()
     assert (d.mean_type, d.var_type, d.loss_type, d.num_timesteps) == ("x0", "fixed_small", "rescaled_kl", 10)
     assert config.build().num_timesteps == 100  # training never respaces
+
+
+def test_use_kl_trains_on_T_times_the_closed_form_kl():
+    """``use_kl`` alone (``rescaled_kl``): the loss is T x KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) in bits per
+    dimension, with p's mean from eps and its variance interpolated in log space between beta_t and the posterior's
+    (learned_range), all written out here from the schedule in float64."""
+    steps = 50
+    d = DiffusionConfig(steps=steps, noise_schedule="cosine", learn_sigma=True, use_kl=True).build()
+    assert d.loss_type == "rescaled_kl"
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, 4, 4, generator=generator) * 2 - 1
+    noise = torch.randn(4, 3, 4, 4, generator=generator)
+    t = torch.tensor([3, 17, 30, 49])
+    model = lambda x, timesteps, **kw: torch.cat([0.5 * x, torch.full_like(x, 0.3)], dim=1)  # noqa: E731
+    loss = d.training_losses(model, x0, t, noise=noise)["loss"]
+
+    betas = torch.from_numpy(np.asarray(get_named_beta_schedule("cosine", steps), dtype=np.float64))
+    abar = torch.cumprod(1 - betas, 0)
+    abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    b, a, ap = (v[t].view(-1, 1, 1, 1) for v in (betas, abar, abar_prev))
+    x0, noise = x0.double(), noise.double()
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    posterior = lambda start: (ap.sqrt() * b / (1 - a)) * start + ((1 - b).sqrt() * (1 - ap) / (1 - a)) * x_t  # noqa
+    var_q = b * (1 - ap) / (1 - a)
+    pred_x0 = (x_t - (1 - a).sqrt() * (0.5 * x_t)) / a.sqrt()
+    frac = (0.3 + 1) / 2
+    log_var_p = frac * b.log() + (1 - frac) * var_q.log()
+    kl = 0.5 * (-1 + log_var_p - var_q.log() + (var_q.log() - log_var_p).exp()
+                + (posterior(x0) - posterior(pred_x0)) ** 2 / log_var_p.exp())
+    expected = steps * kl.mean(dim=(1, 2, 3)) / math.log(2.0)
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-4, atol=1e-6)

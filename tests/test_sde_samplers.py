@@ -210,3 +210,32 @@ def test_sde_samplers_on_every_ddpm_step(name, options, schedule):
     x = sample(MixtureDenoiser(MIXTURE, diffusion), diffusion, (N, 2), sampler=name, generator=gen(), progress=False,
                clip_denoised=False, **options)
     check_mixture(x)
+
+
+@pytest.mark.parametrize("snr", [0.16, 0.5])
+def test_the_langevin_corrector_keeps_its_closed_form_stationary_spread_in_image_dimensions(snr):
+    """The corrector alone at a fixed time on a Gaussian p_t = N(0, s^2 I): with the step e = 2 (r |z| / |score|)^2
+    and |score| = |x| / s^2, unadjusted Langevin's stationary variance v = s^2 / (1 - e / (2 s^2)) solves to
+    v = s^2 (1 + r^2) once the norms concentrate (|z|^2 = D, |x|^2 = D v). In D = 768 (a 3x16x16 image), where
+    the rule is designed to work, per-sample and batch norms both give std s sqrt(1 + r^2) (a step twice as large
+    would give sqrt(1 + 2 r^2)). In D = 2 the per-sample norms do not concentrate: a sample near the mode has
+    |score| ~ 0 and gets a huge step, and the spread explodes (x3 and more), while batch norms stay within 3% of
+    the closed form: the low-dimension behaviour the sampler documents, not a step-size error."""
+    from guided_diffusion.sde.models import GuidedScore
+    from guided_diffusion.sde.samplers import langevin_step
+
+    sde = SDES["ve"]
+    spread = math.sqrt(0.1 ** 2 + float(sde.sigma(0.3)) ** 2)
+
+    def stationary_std(shape, n, norms):
+        score = GuidedScore(mixture_score_model(GaussianMixture(torch.zeros(1, *shape), std=0.1), sde), None, None)
+        generator = gen()
+        x, t = torch.randn(n, *shape, generator=generator) * spread, torch.full((n,), 0.3, dtype=torch.float64)
+        for _ in range(150):
+            x = langevin_step(score, x, t, snr, torch.tensor(1.0), generator, norms)
+        return x.double().std().item() / spread
+
+    for norms in ("sample", "batch"):
+        assert stationary_std((3, 16, 16), 300, norms) == pytest.approx(math.sqrt(1 + snr ** 2), abs=0.01), norms
+    assert stationary_std((2,), 4000, "sample") > 3
+    assert stationary_std((2,), 4000, "batch") == pytest.approx(math.sqrt(1 + snr ** 2), rel=0.03)

@@ -67,7 +67,7 @@ def test_sampler_reproduces_the_mixture(name, schedule):
 #: class conditionals p(x | y) = N(+-0.15 e_1, 0.1^2 I) (known in closed form) instead of only picking a side.
 OVERLAP = GaussianMixture(torch.tensor([[0.15, 0.0], [-0.15, 0.0]]), std=0.1)
 #: Every sampler, at step counts where its own discretisation bias on this oracle is small (measured, N = 8000,
-#: unguided class-conditional model: class means within 0.003 of +-0.15, stds 0.096..0.102).
+#: unguided class-conditional model: class means within 0.003 of +-0.15, stds 0.096..0.103).
 GUIDED_SAMPLERS = {
     "ddpm": dict(sampler="ddpm", steps=None),
     "ddim": dict(sampler="ddim", steps="ddim250"),

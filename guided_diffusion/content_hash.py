@@ -17,6 +17,13 @@ from typing import Optional
 from .atomic import atomic_write_json
 
 CHUNK = 1 << 22  # 4 MiB reads
+#: Name of the JSON file caching the digests of the files a run (or a cache directory) reads.
+FINGERPRINTS = "fingerprints.json"
+
+
+def fingerprint_cache(directory: Optional[str | os.PathLike]) -> Optional[Path]:
+    """``directory/fingerprints.json``, the digest cache kept in a directory (``None``: no cache)."""
+    return None if directory is None else Path(directory) / FINGERPRINTS
 
 
 def sha256_of(path: str | os.PathLike) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .cli_types import WandbMode
-from .content_hash import content_hash
+from .content_hash import content_hash, fingerprint_cache
 from .evaluation import evaluate as evaluate_suite
 from .evaluation.evaluate import METRIC_LABELS, resolve_cache
 from .evaluation.npz import iter_image_batches
@@ -67,8 +67,7 @@ def log_evaluation(tracking: Tracking, payload: dict[str, Any], ref_batch: str, 
     """The W&B run of one evaluation: settings, a grid of the first samples, the metrics and their table."""
     if not tracking.enabled:
         return
-    cache = resolve_cache(reference_cache)
-    fingerprints = None if cache is None else cache / "fingerprints.json"
+    fingerprints = fingerprint_cache(resolve_cache(reference_cache))
     inputs = {"reference": (ref_batch, content_hash(ref_batch, fingerprints)),
               "samples": (sample_batch, content_hash(sample_batch, fingerprints))}
     directory = Path(output_json).resolve().parent if output_json else Path(sample_batch).resolve().parent

@@ -24,7 +24,7 @@ import torch
 
 from .atomic import atomic_write, atomic_write_json, check_output_directory
 from .cli_types import GuidanceScale, WandbMode
-from .content_hash import content_hash
+from .content_hash import content_hash, fingerprint_cache
 from .evaluation.evaluate import extractor_identity, reference_features, resolve_cache
 from .evaluation.features import FeatureName, ResizeMode, build_feature_extractor, extract_features
 from .evaluation.metrics import DEFAULT_NEAREST_K, compute_metrics, minimum_samples
@@ -218,8 +218,7 @@ def sweep(checkpoint: str, reference: str, output: str = "outputs/sweep", *,
     references = {}
     if reference_info.images is not None:
         cache = resolve_cache(reference_cache)
-        fingerprints = None if cache is None else cache / "fingerprints.json"
-        identity = extractor_identity(extractor, features, resize, fingerprints)
+        identity = extractor_identity(extractor, features, resize, fingerprint_cache(cache))
         references = reference_features(extractor, reference, identity, cache=cache, progress=progress)
     elif not {"pool", "spatial"} <= set(stored):
         raise ValueError(f"{reference}: no images and no usable Inception statistics for features={features!r}")
@@ -278,7 +277,7 @@ def sweep(checkpoint: str, reference: str, output: str = "outputs/sweep", *,
 def log_sweep(tracking: Tracking, settings: dict[str, Any], summary: dict[str, Any], out: Path,
               paths: dict[str, Optional[str]]) -> None:
     """The W&B run of a finished sweep: a history row and a table row per point, the plots, the best point."""
-    inputs = {name: (path, content_hash(path, out / "fingerprints.json")) for name, path in paths.items() if path}
+    inputs = {name: (path, content_hash(path, fingerprint_cache(out))) for name, path in paths.items() if path}
     run = tracking.start("sweep", out.name, {**settings, "output": str(out)}, out, inputs)
     rows = [{column: row.get(column) for column in COLUMNS} for row in summary["rows"]]
     for row in rows:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_savez, atomic_write_json
-from ..content_hash import content_hash, text_digest
+from ..content_hash import content_hash, fingerprint_cache, text_digest
 from .features import FeatureExtractor, FeatureName, ResizeMode, build_feature_extractor, extract_features, \
     process_group
 from .metrics import ALL_METRICS, DEFAULT_NEAREST_K, DEFAULT_SPLIT_SIZE, MetricValue, compute_metrics, \
@@ -76,10 +76,11 @@ def reference_features(extractor: FeatureExtractor, path: str | os.PathLike, ide
     if cache is None:
         return extract_features(extractor, iter_image_batches(path, batch_size), progress=progress,
                                 distributed=distributed)
-    cache = Path(cache)
     rank = process_group()[0] if distributed else 0
-    digest = content_hash(path, cache / "fingerprints.json").split(":")[-1]
-    file = cache / f"reference-{digest[:24]}-{text_digest(identity)[:12]}.npz"
+    file = None
+    if rank == 0:  # only rank 0 reads (and hashes) the reference for the cache
+        digest = content_hash(path, fingerprint_cache(cache)).split(":")[-1]
+        file = Path(cache) / f"reference-{digest[:24]}-{text_digest(identity)[:12]}.npz"
     cached = _read_cached(file, identity) if rank == 0 else None
     if distributed:  # rank 0 decides, so that every rank takes the same collective path
         hit = [cached is not None]
@@ -182,8 +183,7 @@ def evaluate(
     extractor = build_feature_extractor(features, inception_weights=inception_weights, resize=resize,
                                         device=torch.device(device))
     cache = resolve_cache(reference_cache)
-    fingerprints = None if cache is None else cache / "fingerprints.json"
-    identity = extractor_identity(extractor, features, resize, fingerprints)
+    identity = extractor_identity(extractor, features, resize, fingerprint_cache(cache))
     references: dict[str, np.ndarray] = {}
     if reference_info.images is not None:
         references = reference_features(extractor, ref_batch, identity, batch_size=batch_size, cache=cache,

@@ -15,11 +15,10 @@ With ``--upsampler`` the run is a cascade (ADM-G + ADM-U): each shard's base sam
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Literal, Optional
 
 from ..atomic import check_output_directory
-from ..content_hash import content_hash
+from ..content_hash import content_hash, fingerprint_cache
 from ..checkpoints import LoadedNetwork, load_classifier, load_diffusion_model, load_upsampler
 from ..cli_types import GuidanceScale, WandbMode
 from ..guidance import IntervalVariable, ScheduleName
@@ -248,12 +247,8 @@ def upsampler_stage_of(upsampler: LoadedNetwork, options: dict[str, Any]):
     return Stage(freeze(upsampler.network), upsampler.diffusion, options, stream=UPSAMPLER_STREAM)
 
 
-#: File of a run directory caching the content hashes of the files the run reads.
-FINGERPRINTS = "fingerprints.json"
-
-
 def file_identities(output: str, **paths: Optional[str]) -> dict[str, Optional[str]]:
     """The SHA-256 content hash of each named file (``None`` stays ``None``), cached in ``output/fingerprints.json``
     by path, size and mtime: a copied or moved checkpoint is the same run, one changed in place is not."""
-    cache = Path(output) / FINGERPRINTS
+    cache = fingerprint_cache(output)
     return {name: None if path is None else content_hash(path, cache) for name, path in paths.items()}

@@ -90,12 +90,12 @@ class ShardQueue(L.LightningDataModule):
                 scan(self.directory / LOW_RES_DIRECTORY, self.plan, set_aside_bad=True)
             coverage = scan(self.directory, self.plan, set_aside_bad=True)  # bad shards: renamed, redone
             missing = [(span.start, span.stop) for span in coverage.missing]
-            to_do = self.plan.num_samples - coverage.num_present
-            print(f"{self.command}: {coverage.num_present} of {self.plan.num_samples} samples already written, "
-                  f"sampling {to_do} in {len(batches([range(*span) for span in missing], self.batch_size))} "
-                  f"batches of up to {self.batch_size}")
         missing = self.trainer.strategy.broadcast(missing, src=0)
         work = batches([range(start, stop) for start, stop in missing], self.batch_size)
+        if self.trainer.is_global_zero:
+            present = self.plan.num_samples - sum(len(indices) for indices in work)
+            print(f"{self.command}: {present} of {self.plan.num_samples} samples already written, sampling "
+                  f"{self.plan.num_samples - present} in {len(work)} batches of up to {self.batch_size}")
         mine = batches_of_rank(work, self.trainer.global_rank, self.trainer.world_size)
         # a rank with nothing to do still runs one (empty) step: Lightning skips the hooks of an empty
         # loader, and the barrier in on_predict_end must be reached by every rank
@@ -161,7 +161,8 @@ class ShardSampler(L.LightningModule):
         if self.low_res is not None:
             return self.low_res[indices.start:indices.stop]
         directory = self.directory / LOW_RES_DIRECTORY
-        kept = read_samples(directory, self.plan, indices)  # intact base shards of an interrupted run: reused
+        # base shards of an interrupted run, checked (bad ones set aside) when the run started: reused
+        kept = read_samples(directory, self.plan, indices, check=False)
         if kept is not None:
             return kept
         images = to_uint8_nhwc(self.base.images(self.plan, indices, on_device, self.device).float()).cpu().numpy()

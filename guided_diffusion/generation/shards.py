@@ -141,9 +141,11 @@ def scan(directory: str | os.PathLike, plan: SamplePlan, set_aside_bad: bool = F
     return Coverage(tuple(pieces), tuple(missing))
 
 
-def read_samples(directory: str | os.PathLike, plan: SamplePlan, indices: range) -> Optional[np.ndarray]:
-    """The images of samples ``indices`` if intact shards under ``directory`` hold them all, else ``None``."""
-    coverage = scan(directory, plan, within=indices)
+def read_samples(directory: str | os.PathLike, plan: SamplePlan, indices: range,
+                 check: bool = True) -> Optional[np.ndarray]:
+    """The images of samples ``indices`` if intact shards under ``directory`` hold them all, else ``None``
+    (``check=False``: the shards were checked already, as :func:`scan` does)."""
+    coverage = scan(directory, plan, within=indices, check=check)
     if coverage.missing:
         return None
     return np.concatenate([read_shard(path)[0][offset:offset + len(span)] for span, path, offset in coverage.pieces])

@@ -37,4 +37,4 @@ lint: install-dev
 	$(BIN)/python -m flake8 guided_diffusion classifiers tests benchmarks
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info outputs
+	rm -rf $(VENV) build dist *.egg-info outputs guided_diffusion/configs

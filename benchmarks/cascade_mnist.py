@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from guided_diffusion.demo import CONFIGS, DEMO_PRESETS, frame_mean, train_from_config, write_reference  # noqa: E402
+from guided_diffusion.commands.demo import (CONFIGS, DEMO_PRESETS, frame_mean, train_from_config,  # noqa: E402
+                                            write_reference)
 
 
 def main() -> None:
@@ -38,12 +39,12 @@ def main() -> None:
 
     import numpy as np
 
-    from guided_diffusion.demo import default_precision
-    from guided_diffusion.sweep import sweep
+    from guided_diffusion.launch import resolve_precision
+    from guided_diffusion.commands.sweep import sweep
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    precision = default_precision()
+    precision = resolve_precision("auto")
     at16 = ["--data.image_size=16", "--model.init_args.network.image_size=16"]
     timings = {}
     started = time.perf_counter()

@@ -13,7 +13,7 @@ Evaluation time is excluded from the training time. One JSON line per point goes
 
     python benchmarks/demo_recipe.py --name old --config configs/mnist/diffusion.yaml \
         --steps 200,400,800 --num_eval 250
-    python benchmarks/demo_recipe.py --name new --set '{"lr": 2e-3, "ema_schedule": "power"}' ...
+    python benchmarks/demo_recipe.py --name new --set '{"lr": 2e-3, "ema": {"schedule": "power"}}' ...
 
 ``--config`` trains the recipe of a ``gd fit`` YAML (through the CLI's own parser; ``--args`` adds
 ``gd fit`` overrides); without it, ``--set`` gives ``DiffusionModule`` arguments (JSON) and
@@ -39,7 +39,7 @@ class CurveEvaluator:
     """Samples the EMA model with fixed seeds at given steps and scores it (time excluded from training)."""
 
     def __init__(self, eval_steps, num_eval: int, sampler: str, steps: str, out: Path, name: str):
-        from guided_diffusion.demo import write_reference
+        from guided_diffusion.commands.demo import write_reference
         from guided_diffusion.evaluation.features import build_feature_extractor, extract_features
 
         self.eval_steps, self.num_eval, self.sampler, self.steps = sorted(eval_steps), num_eval, sampler, steps
@@ -50,7 +50,7 @@ class CurveEvaluator:
         self.eval_seconds = 0.0
 
     def score(self, module, step: int, train_seconds: float, precision_context) -> dict:
-        from guided_diffusion.demo import frame_mean
+        from guided_diffusion.commands.demo import frame_mean
         from guided_diffusion.evaluation.features import extract_features
         from guided_diffusion.evaluation.metrics import compute_metrics
         from guided_diffusion.images import to_uint8_nhwc
@@ -172,12 +172,12 @@ def main(argv=None) -> None:
                 seconds = time.perf_counter() - self.started - evaluator.eval_seconds
                 evaluator.score(pl_module, trainer.global_step, seconds, trainer.precision_plugin.forward_context)
 
-    from guided_diffusion.demo import default_precision
+    from guided_diffusion.launch import resolve_precision
 
-    precision = default_precision() if args.precision == "auto" else args.precision
+    precision = resolve_precision(args.precision)
     clip = args.clip
     if args.config:  # the recipe of a gd fit config, through the CLI's own parser (+ gd fit overrides)
-        from guided_diffusion.lightning_cli import load_recipe
+        from guided_diffusion.commands.fit import load_recipe
 
         module, data, settings = load_recipe(args.config, args.args)
         clip = settings.get("gradient_clip_val", clip)

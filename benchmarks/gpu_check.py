@@ -26,7 +26,7 @@ from guided_diffusion.diffusion import DiffusionConfig
 from guided_diffusion.guidance import ClassifierGuidance
 from guided_diffusion.nets import apply_fast_paths
 from guided_diffusion.presets import get_preset
-from guided_diffusion.sampler_protocol import randn, sample_noise
+from guided_diffusion.noise import randn, sample_noise
 from guided_diffusion.sampling import sample
 
 

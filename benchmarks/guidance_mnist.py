@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from guided_diffusion.atomic import atomic_write_json  # noqa: E402
-from guided_diffusion.sweep import point_label, sweep  # noqa: E402
+from guided_diffusion.commands.sweep import point_label, sweep  # noqa: E402
 
 #: (name, sweep options): plain ADM guidance first (its scale 0 is the unguided baseline).
 GROUPS = [

@@ -17,12 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from guided_diffusion.diffusion import DiffusionConfig
+from guided_diffusion.nets.encoder import EncoderUNetConfig
+from guided_diffusion.nets.timm_classifier import TimmClassifierConfig
 from guided_diffusion.presets import classifier_config_from_dict, get_preset
 from guided_diffusion.training.base import TrainingModule
 from guided_diffusion.training.loss_stats import QuartileMeans, topk_hits
-
-from .encoder import EncoderUNetConfig
-from .timm_classifier import TimmClassifierConfig
 
 CLASSIFIER_STATS = ("loss", "acc@1", "acc@5")
 

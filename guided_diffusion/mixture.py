@@ -1,4 +1,4 @@
-"""The Gaussian-mixture oracle (DESIGN §5): a data distribution whose every noisy quantity is exact.
+"""The Gaussian-mixture oracle: a data distribution whose every noisy quantity is exact.
 
 Data x_0 ~ sum_k pi_k N(mu_k, s^2 I) with label y = k. Noised as x_t = a_t x_0 + sigma_t eps (for
 DDPM a_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t); for a VE SDE a_t = 1), the marginal is again a

@@ -1,108 +1,25 @@
 """What every sampler shares, discrete (:mod:`guided_diffusion.sampling`) or continuous
-(:mod:`guided_diffusion.sde`): the types of the one sampler signature, the starting noise with
-per-sample generators, how a model is called, and the loop helpers.
+(:mod:`guided_diffusion.sde`): the types of the one sampler signature, how a model is called, and the loop helpers.
 
-    sampler(model, process, shape | x_T, *, y=None, guidance=None, generator=None, progress=True, **options)
+    sampler(model, process, shape | x_T, *, y=None, guidance=None, generator=None, progress=True,
+            callback=None, **options) -> Tensor
 
-A progressive sampler yields one dict per step (``"sample"``, ``"t"``, ...); :func:`last` takes the
-final sample. Nothing here knows a noise schedule.
+A sampler returns the final sample; a ``callback`` (:data:`StepCallback`) sees every step on the way. The noise
+(``generator``: per-sample streams) is :mod:`guided_diffusion.noise`. Nothing here knows a noise schedule.
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Iterator, Literal, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import philox
-
-
-class PhiloxStreams:
-    """One Philox stream per sample, drawn for the whole batch at once: draw d of sample i is
-    Philox-4x32-10 of the counters (block, d, 0, 0) under the key ``seeds[i]``, a function of (seed, d)
-    alone as with one ``torch.Generator`` per sample, but one vectorised computation on the device (no
-    loop of B small ``randn`` calls, no host sync). Every :func:`randn` call is one draw of every stream.
-
-    Args:
-        seeds: the 64-bit seed of each sample's stream (:func:`sample_seed`).
-        device: where the keys live and the noise is made.
-    """
-
-    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
-        self.keys = philox.key_words(list(seeds), device)
-        self.draws = 0
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def _next_draw(self) -> int:
-        self.draws += 1
-        return self.draws - 1
-
-    def randn(self, shape: Sequence[int], dtype=torch.float32) -> torch.Tensor:
-        count = math.prod(shape[1:])
-        return philox.normal(self.keys, self._next_draw(), count).reshape(tuple(shape)).to(dtype)
-
-    def randint(self, high: int) -> torch.Tensor:
-        return philox.below(self.keys, self._next_draw(), high)
-
-
-#: One generator for the batch, or one per sample (generators or Philox streams: a sample's noise does not
-#: depend on its batch).
-Generators = Optional[torch.Generator | Sequence[torch.Generator] | PhiloxStreams]
-#: How per-sample noise is drawn: ``generators`` (one ``torch.Generator`` per sample, a loop over the batch),
-#: ``philox`` (:class:`PhiloxStreams`, vectorised), ``auto`` (``philox`` on accelerators, ``generators`` on
-#: CPU, where the loop is cheap and the images stay those of earlier releases).
-NoiseKind = Literal["auto", "generators", "philox"]
-NOISE_KINDS = ("auto", "generators", "philox")
 ShapeOrNoise = Sequence[int] | torch.Tensor
-#: SeedSequence streams of sample i: 0 draws its random class label (generation/plan.py), 1 its noise, 2 the
-#: noise of the super-resolution stage of a cascade (``gd sample --upsampler``, ``gd upsample``).
-LABEL_STREAM, NOISE_STREAM, UPSAMPLER_STREAM = 0, 1, 2
-
-
-def randn(shape: Sequence[int], generator: Generators = None, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Standard normal noise; with a list of generators, row i comes from generator i."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-    if len(generator) != shape[0]:
-        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
-    if isinstance(generator, PhiloxStreams):
-        return generator.randn(shape, dtype).to(device)
-    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
-
-
-def sample_seed(seed: int, index: int, stream: int = NOISE_STREAM) -> int:
-    """The noise seed of sample ``index`` of a run seeded ``seed``: a function of the pair (and stream) alone."""
-    state = np.random.SeedSequence([seed, index, stream]).generate_state(1, dtype=np.uint64)[0]
-    return int(state >> 1)
-
-
-def sample_generators(seed: int, indices: Sequence[int], device: torch.device | str = "cpu",
-                      stream: int = NOISE_STREAM) -> list[torch.Generator]:
-    """One generator per sample, seeded by :func:`sample_seed`: sample i's noise does not depend on its batch,
-    rank or run (``gd sample`` and the FID callback draw the same sample i)."""
-    return [torch.Generator(device).manual_seed(sample_seed(seed, index, stream)) for index in indices]
-
-
-def resolve_noise(kind: NoiseKind, device: torch.device | str) -> str:
-    """``generators`` or ``philox`` for ``kind`` on ``device``."""
-    if kind not in NOISE_KINDS:
-        raise ValueError(f"noise must be one of {', '.join(NOISE_KINDS)}, got {kind!r}")
-    if kind == "auto":
-        return "generators" if torch.device(device).type == "cpu" else "philox"
-    return kind
-
-
-def sample_noise(seed: int, indices: Sequence[int], device: torch.device | str = "cpu",
-                 stream: int = NOISE_STREAM, kind: NoiseKind = "auto") -> list[torch.Generator] | PhiloxStreams:
-    """The per-sample noise of samples ``indices`` of a run seeded ``seed``: :func:`sample_generators` or
-    :class:`PhiloxStreams` over the same :func:`sample_seed` seeds (``kind``: :data:`NoiseKind`)."""
-    if resolve_noise(kind, device) == "philox":
-        return PhiloxStreams([sample_seed(seed, index, stream) for index in indices], device)
-    return sample_generators(seed, indices, device, stream)
+#: Called by a sampler after each of its steps with a dict holding at least ``"i"`` (the step's number, 0 for the
+#: first), ``"t"`` (the time the step started from: an original timestep for the discrete samplers, continuous
+#: time in [0, 1] for the score samplers), ``"sample"`` (the state after the step; after the last step, the
+#: sampler's result) and ``"pred_xstart"`` (the step's estimate of x_0); ``None``: no callback.
+StepCallback = Optional[Callable[[dict], None]]
 
 
 def model_takes_labels(model: Callable) -> bool:
@@ -117,15 +34,15 @@ def model_device(model: Callable) -> torch.device:
         return torch.device("cpu")
 
 
+def check_labels(y, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """Class labels as a tensor on the device of the batch ``x``, one per sample (``None`` stays ``None``)."""
+    if y is None:
+        return None
+    y = torch.as_tensor(y, device=x.device)
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y must hold one label per sample: shape {tuple(y.shape)} for a batch of {x.shape[0]}")
+    return y
+
+
 def steps_with_progress(indices: Sequence[int], progress: bool, desc: str) -> Iterator[int]:
     return iter(tqdm(indices, desc=desc, disable=not progress, leave=False))
-
-
-def last(iterator: Iterator[dict]) -> torch.Tensor:
-    """The final sample of a progressive sampler."""
-    final = None
-    for final in iterator:
-        pass
-    if final is None:
-        raise ValueError("the sampler made no steps")
-    return final["sample"]

@@ -17,36 +17,39 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Literal, Mapping, Optional, Sequence
 
-from .cli_types import WandbMode
+#: How a command logs to W&B: ``offline`` (a local run folder, ``wandb sync`` later), ``online``, ``disabled``.
+WandbMode = Literal["offline", "online", "disabled"]
 
 
 @dataclass(frozen=True)
-class Tracking:
-    """Whether and how a command logs to W&B.
+class TrackingOptions:
+    """Tracking: whether and how the command logs to Weights & Biases.
 
     Args:
-        project: the W&B project (``None``: no W&B run).
-        mode: ``offline`` (write the run locally, ``wandb sync`` it later), ``online`` or ``disabled``.
-        log_artifacts: also log the command's output files (npz, CSV, JSON) as an artifact.
+        wandb_project: log the run to this W&B project (default: no W&B run).
+        wandb_mode: ``offline`` (the run folder under the command's output, ``wandb sync`` it later),
+            ``online``, ``disabled``.
+        log_artifacts: also log the command's output files (npz, CSV, JSON) as an artifact whose metadata names
+            the files it read by content hash (online: linked to them as reference artifacts).
     """
 
-    project: Optional[str] = None
-    mode: WandbMode = "offline"
+    wandb_project: Optional[str] = None
+    wandb_mode: WandbMode = "offline"
     log_artifacts: bool = False
 
     def __post_init__(self):
-        if self.mode not in ("offline", "online", "disabled"):
-            raise ValueError(f"wandb_mode must be 'offline', 'online' or 'disabled', got {self.mode!r}")
-        if self.project is not None and not re.fullmatch(r"[\w.\-]+", self.project):
-            raise ValueError(f"wandb_project {self.project!r}: use letters, digits, '.', '_' and '-'")
-        if self.log_artifacts and self.project is None:
+        if self.wandb_mode not in ("offline", "online", "disabled"):
+            raise ValueError(f"wandb_mode must be 'offline', 'online' or 'disabled', got {self.wandb_mode!r}")
+        if self.wandb_project is not None and not re.fullmatch(r"[\w.\-]+", self.wandb_project):
+            raise ValueError(f"wandb_project {self.wandb_project!r}: use letters, digits, '.', '_' and '-'")
+        if self.log_artifacts and self.wandb_project is None:
             raise ValueError("--log_artifacts needs --wandb_project (the run the artifacts belong to)")
 
     @property
     def enabled(self) -> bool:
-        return self.project is not None and self.mode != "disabled"
+        return self.wandb_project is not None and self.wandb_mode != "disabled"
 
     def start(self, job_type: str, name: str, config: Mapping[str, Any], directory: str | os.PathLike,
               inputs: Optional[Mapping[str, tuple[str, str]]] = None) -> Optional["TrackedRun"]:
@@ -59,8 +62,8 @@ class Tracking:
         import wandb
 
         Path(directory).mkdir(parents=True, exist_ok=True)
-        run = wandb.init(project=self.project, mode=self.mode, dir=str(directory), job_type=job_type, name=name,
-                         config=dict(config), reinit="finish_previous")
+        run = wandb.init(project=self.wandb_project, mode=self.wandb_mode, dir=str(directory), job_type=job_type,
+                         name=name, config=dict(config), reinit="finish_previous")
         return TrackedRun(run, self, dict(inputs or {}))
 
 
@@ -70,11 +73,11 @@ def artifact_name(kind: str, digest: str) -> str:
 
 
 class TrackedRun:
-    """One W&B run of a command (made by :meth:`Tracking.start`); :meth:`finish` ends it."""
+    """One W&B run of a command (made by :meth:`TrackingOptions.start`); :meth:`finish` ends it."""
 
-    def __init__(self, run, tracking: Tracking, inputs: dict[str, tuple[str, str]]):
+    def __init__(self, run, tracking: TrackingOptions, inputs: dict[str, tuple[str, str]]):
         self.run, self.tracking, self.inputs = run, tracking, inputs
-        if tracking.mode == "online":  # lineage: the files read, as reference artifacts (nothing uploaded)
+        if tracking.wandb_mode == "online":  # lineage: the files read, as reference artifacts (nothing uploaded)
             import wandb
 
             for kind, (path, digest) in inputs.items():
@@ -127,5 +130,5 @@ class TrackedRun:
     def finish(self) -> Path:
         directory = self.directory
         self.run.finish()
-        print(f"W&B run {self.run.id} ({self.tracking.mode}) in {directory}")
+        print(f"W&B run {self.run.id} ({self.tracking.wandb_mode}) in {directory}")
         return directory

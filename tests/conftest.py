@@ -7,6 +7,7 @@ tensor operations of the oracle tests by an order of magnitude.
 import os
 import tempfile
 
+import lightning.pytorch  # noqa: F401  (its log handler binds sys.stderr at import: the real one, not a test's capture)
 import pytest
 import torch
 

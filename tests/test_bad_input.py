@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from guided_diffusion.atomic import atomic_write_json, check_output_directory
-from guided_diffusion.cli import EXIT_BAD_INPUT, main
+from guided_diffusion.commands.cli import EXIT_BAD_INPUT, main
 
 DIFFUSION_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "mnist" / "diffusion.yaml")
 
@@ -129,7 +129,7 @@ def test_debug_shows_the_traceback(files):
 
 
 def test_help_lists_every_command_with_a_line(capsys):
-    from guided_diffusion.cli import COMMANDS, LIGHTNING_SUBCOMMANDS
+    from guided_diffusion.commands.cli import COMMANDS, LIGHTNING_SUBCOMMANDS
 
     main(["--help"])
     out = capsys.readouterr().out

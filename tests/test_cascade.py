@@ -10,11 +10,11 @@ import torch
 from classifiers import EncoderUNetConfig
 from classifiers.module import NoisyClassifierModule
 from guided_diffusion.checkpoints import export_openai_checkpoint
-from guided_diffusion.cli import main as gd
+from guided_diffusion.commands.cli import main as gd
 from guided_diffusion.diffusion import DiffusionConfig
 from guided_diffusion.generation import runner as runner_module
-from guided_diffusion.generation.command import sample
-from guided_diffusion.generation.upsample import upsample
+from guided_diffusion.commands.sample import sample
+from guided_diffusion.commands.upsample import upsample
 from guided_diffusion.nets import UNetConfig
 from guided_diffusion.presets import PRESETS, Preset
 from guided_diffusion.training import DiffusionModule

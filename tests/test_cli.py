@@ -10,10 +10,10 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from guided_diffusion.checkpoints import load_openai_checkpoint
-from guided_diffusion.cli import main
+from guided_diffusion.commands.cli import main
 from guided_diffusion.presets import get_preset
 from tests.helpers import wandb_records
-from guided_diffusion.lightning_cli import lightning_main
+from guided_diffusion.commands.fit import lightning_main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DIFFUSION_YAML = str(CONFIGS / "mnist" / "diffusion.yaml")
@@ -124,6 +124,80 @@ def test_unknown_config_key_is_a_clear_error(workdir, capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", DIFFUSION_YAML, "--config", str(bad)])
     assert "max_stepz" in capsys.readouterr().err
+
+
+def test_renamed_model_keys_are_refused_with_one_line_naming_the_new_key(workdir, capsys):
+    """The EMA and loss-weighting options moved into groups: their flat keys end gd fit with one line (exit 2)."""
+    from guided_diffusion.commands.fit import refuse_renamed_options
+    from guided_diffusion.training.base import RENAMED_OPTIONS
+
+    def error_lines(args):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", DIFFUSION_YAML, *args], one_line_errors=True)
+        assert exit_info.value.code == 2
+        return [line for line in capsys.readouterr().err.splitlines() if line.startswith("gd fit")]
+
+    assert error_lines(["--model.init_args.ema_rate", "0.99"]) == [
+        "gd fit: error: model.init_args.ema_rate was renamed: use model.init_args.ema.rate"]
+    old = workdir / "old.yaml"
+    old.write_text("model:\n  init_args:\n    loss_weighting: min-snr\n    min_snr_gamma: 5\n")
+    assert error_lines(["--config", "old.yaml"]) == [
+        "gd fit: error: model.init_args.loss_weighting was renamed: use model.init_args.loss_weighting.kind; "
+        "model.init_args.min_snr_gamma was renamed: use model.init_args.loss_weighting.min_snr_gamma (in old.yaml)"]
+    assert not (workdir / "outputs").exists()
+
+    for key, new in RENAMED_OPTIONS.items():  # each old key, in every place an argument can be given
+        message = f"model.init_args.{key} was renamed: use model.init_args.{new}"
+        for args in ([f"--model.init_args.{key}=1"], [f"--model.{key}", "1"],
+                     {"fit": {"model": {"init_args": {key: 1}}}},
+                     ["--model", yaml.safe_dump({"class_path": "DiffusionModule", "init_args": {key: 1}})]):
+            with pytest.raises(ValueError) as error:
+                refuse_renamed_options(args)
+            assert str(error.value) == message, args
+    refuse_renamed_options(["--config", DIFFUSION_YAML, "--model.init_args.ema.rate", "0.99",  # the new keys pass
+                            "--model.init_args.loss_weighting.kind=p2", "--model.init_args.loss_weighting",
+                            '{"kind": "p2"}', "--model.init_args.lr", "1e-3"])
+
+
+def test_a_checkpoint_with_the_flat_option_keys_validates_and_resumes(workdir):
+    """A checkpoint written before the option groups (``ema_rate``, ``loss_weighting: min-snr``, ... in its
+    hyper-parameters): ``--ckpt_path FILE`` rebuilds the module with its values in the groups, and a fit resumes."""
+    tiny = {"init_args": {"network": {"model_channels": 32, "channel_mult": [1, 2], "attention_resolutions": []}}}
+    first = _override(workdir, "diffusion", steps=1, trainer={"logger": False}, model=tiny)
+    main(["fit", "--config", DIFFUSION_YAML, "--config", first])
+    last = workdir / "outputs" / "diffusion" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    assert hparams["ema"] == {"rate": 0.9999, "warmup": True, "schedule": "power", "power_gamma": 6.94}
+    assert hparams["loss_weighting"] == {"kind": "min-snr", "min_snr_gamma": 5.0, "min_snr_floor": 1.0,
+                                         "p2_gamma": 1.0, "p2_k": 1.0}
+    flat = {key: value for key, value in hparams.items() if key not in ("ema", "loss_weighting")}
+    flat.update(ema_rate=0.99, ema_warmup=False, ema_schedule="rate", ema_power_gamma=3.0,
+                loss_weighting="truncated-snr", min_snr_gamma=4.0, min_snr_floor=0.5, p2_gamma=0.5, p2_k=2.0)
+    old = workdir / "old.ckpt"
+    torch.save({**checkpoint, "hyper_parameters": flat}, old)
+    ema = {"rate": 0.99, "warmup": False, "schedule": "rate", "power_gamma": 3.0}
+    weighting = {"kind": "truncated-snr", "min_snr_gamma": 4.0, "min_snr_floor": 0.5, "p2_gamma": 0.5, "p2_k": 2.0}
+
+    cli = lightning_main(["validate", "--config", DIFFUSION_YAML, "--config", first, "--ckpt_path", str(old)])
+    module = cli.model
+    assert module.hparams["ema"] == ema and module.hparams["loss_weighting"] == weighting
+    assert (module.ema.decay, module.ema.warmup, module.ema.schedule, module.loss_weighting.kind) == (
+        0.99, False, "rate", "truncated-snr")
+    assert "val/loss" in cli.trainer.callback_metrics
+
+    # fit --ckpt_path old.ckpt: one more step, with the EMA rate of the checkpoint
+    main(["fit", "--config", DIFFUSION_YAML, "--config", _override(workdir, "diffusion", steps=2,
+                                                                   trainer={"logger": False}, model=tiny),
+          "--ckpt_path", str(old)])
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["global_step"] == 2
+    assert resumed["hyper_parameters"]["ema"] == ema and resumed["hyper_parameters"]["loss_weighting"] == weighting
+    before, after = checkpoint["state_dict"], resumed["state_dict"]
+    assert int(after["ema.num_updates"]) == 2
+    for key in (k for k in after if k.startswith("model.") and after[k].is_floating_point()):
+        ema_key = "ema.module." + key[len("model."):]
+        torch.testing.assert_close(after[ema_key], 0.99 * before[ema_key] + 0.01 * after[key], rtol=1e-5, atol=1e-6)
 
 
 def test_image_size_the_network_cannot_take_is_a_clear_error(workdir):

@@ -11,11 +11,11 @@ import torch
 import yaml
 from PIL import Image
 
-from guided_diffusion.demo import CONFIGS, DEMO_PRESETS, demo, frame_mean
+from guided_diffusion.commands.demo import CONFIGS, DEMO_PRESETS, demo, frame_mean
 from tests.helpers import rescore
 
 QUICK = dict(diffusion_steps=2, classifier_steps=2, scales=[0.0, 2.0], default_scale=2.0, steps="ddim2",
-             num_samples=20, batch_size=8, classifier_batch_size=8, wandb="disabled", precision="32-true")
+             num_samples=20, batch_size=8, classifier_batch_size=8, wandb_mode="disabled", precision="32-true")
 
 
 def test_frame_mean_reads_only_the_border():
@@ -63,8 +63,10 @@ def test_demo_trains_the_recipe_of_its_config(tmp_path):
     assert checkpoint["hyper_parameters"]["lr_anneal_steps"] == 2 and checkpoint["global_step"] == 2
     diffusion = torch.load(summary["diffusion_checkpoint"], map_location="cpu", weights_only=True)
     recipe = yaml.safe_load((CONFIGS / "diffusion.yaml").read_text())["model"]["init_args"]
-    for key in ("lr", "ema_schedule", "loss_weighting", "timestep_sampler"):
+    for key in ("lr", "timestep_sampler"):
         assert diffusion["hyper_parameters"][key] == recipe[key]
+    for group in ("ema", "loss_weighting"):  # the fields the config sets, within each option group
+        assert diffusion["hyper_parameters"][group] == {**diffusion["hyper_parameters"][group], **recipe[group]}
 
 
 def test_demo_rejects_bad_input_before_training(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 from guided_diffusion.data.datasets import load_mnist5k
 from guided_diffusion.content_hash import content_hash
-from guided_diffusion.evaluation_command import evaluate
+from guided_diffusion.commands.evaluate import evaluate
 from tests.helpers import wandb_run
 
 evaluate_module = importlib.import_module("guided_diffusion.evaluation.evaluate")
@@ -90,7 +90,7 @@ def torch_equal(a: dict, b: dict) -> bool:
 def test_two_processes_give_the_metrics_of_one(batches, tmp_path):
     one = evaluate(str(batches / "reference.npz"), str(batches / "samples.npz"), reference_cache="none",
                    output_json=str(tmp_path / "one.json"), **OPTIONS)
-    command = [sys.executable, "-m", "guided_diffusion.cli", "evaluate", str(batches / "reference.npz"),
+    command = [sys.executable, "-m", "guided_diffusion", "evaluate", str(batches / "reference.npz"),
                str(batches / "samples.npz"), "--features", "mnist", "--batch_size", "50", "--progress", "false",
                "--devices", "2", "--accelerator", "cpu", "--reference_cache", str(tmp_path / "cache"),
                "--output_json", str(tmp_path / "two.json")]

@@ -184,7 +184,7 @@ def test_rgb_data_default_to_the_inception_features(tmp_path):
 
 
 def test_callback_is_configured_from_the_lightning_cli_yaml(tmp_path, monkeypatch):
-    from guided_diffusion.lightning_cli import GuidedDiffusionCLI
+    from guided_diffusion.commands.fit import GuidedDiffusionCLI
 
     monkeypatch.chdir(tmp_path)
     override = tmp_path / "override.yaml"

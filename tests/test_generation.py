@@ -12,13 +12,13 @@ import torch
 
 from classifiers import EncoderUNetConfig
 from classifiers.module import NoisyClassifierModule
-from guided_diffusion.cli import main as gd
+from guided_diffusion.commands.cli import main as gd
 from guided_diffusion.diffusion import DiffusionConfig
 from guided_diffusion.diffusion.schedules import space_timesteps
 from guided_diffusion.generation import SamplePlan, parse_classes
 from guided_diffusion.generation.plan import batches, batches_of_rank
 from guided_diffusion.generation import runner as runner_module
-from guided_diffusion.generation.command import sample
+from guided_diffusion.commands.sample import sample
 from guided_diffusion.nets import UNetConfig
 from guided_diffusion.training import DiffusionModule
 
@@ -242,7 +242,7 @@ def test_a_bad_shard_is_set_aside_and_sampled_again(checkpoints, tmp_path, capsy
     (dict(checkpoint="missing.ckpt"), FileNotFoundError, "diffusion model checkpoint .* does not exist"),
     (dict(guidance="classifier"), ValueError, "needs --classifier"),
     (dict(steps="ddim7000"), ValueError, "ddim7000|cannot|fewer"),
-    (dict(sampler="ddpm", eta=0.5), ValueError, "eta is a DDIM option"),
+    (dict(sampler="ddpm", eta=0.5), ValueError, "eta is an option of ddim; sampler .ddpm. does not take it"),
     (dict(classifier="classifier", guidance_interval="5,1"), ValueError, r"'5,1': need 0 <= lo <= hi"),
     (dict(classifier="classifier", guidance_interval="0-5"), ValueError, "must be 'lo,hi'"),
     (dict(schedule="linear"), ValueError, "shape classifier guidance: give --classifier"),

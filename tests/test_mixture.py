@@ -1,4 +1,4 @@
-"""The Gaussian-mixture oracle's closed forms (DESIGN §5)."""
+"""The Gaussian-mixture oracle's closed forms."""
 import math
 
 import pytest

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from guided_diffusion import philox
-from guided_diffusion.sampler_protocol import (PhiloxStreams, randn, resolve_noise, sample_noise, sample_seed)
+from guided_diffusion.noise import PhiloxStreams, randn, resolve_noise, sample_noise, sample_seed
 from guided_diffusion.sde.ncsn import ncsn_loss
 
 # Random123 tests/kat_vectors, the three "philox4x32 10" lines: counter (4 words), key (2), result (4).

@@ -7,7 +7,7 @@ import shlex
 import numpy as np
 import pytest
 
-from guided_diffusion.cli import main as gd
+from guided_diffusion.commands.cli import main as gd
 from guided_diffusion.generation.reference_flags import translate
 from tests.test_generation import checkpoints, read  # noqa: F401  (the tiny checkpoints fixture)
 
@@ -71,7 +71,7 @@ def test_architecture_flags_that_contradict_the_file_are_one_clear_error(checkpo
 def test_classifier_flags_are_read_before_any_model_loads(checkpoints, tmp_path, monkeypatch):  # noqa: F811
     """The reference builds classifiers for 64-512 px only (its channel_mult table): flags for a 16 px one are refused
     as the reference would, before the model files are read."""
-    import guided_diffusion.generation.command as command
+    import guided_diffusion.commands.sample as command
 
     monkeypatch.setattr(command, "load_diffusion_model", lambda *a, **k: pytest.fail("a model was loaded"))
     args = ["sample", "--model_path", checkpoints["diffusion"], "--classifier_path", checkpoints["classifier"],

@@ -12,7 +12,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from guided_diffusion.cli import EXIT_SIGTERM, main
+from guided_diffusion.commands.cli import EXIT_SIGTERM, main
 from guided_diffusion.training.run_state import RUN_IDS_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_sigterm_mid_epoch_saves_the_step_and_resumes_there(workdir):
     """A preempted job (SIGTERM) exits 143 with one line, leaving last.ckpt at the step it reached."""
     config = _config(workdir, steps=400, every=100, extra=["tests.test_run_state.MarkSteps"])
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    process = subprocess.Popen([sys.executable, "-m", "guided_diffusion.cli", "fit", "--config", DIFFUSION_YAML,
+    process = subprocess.Popen([sys.executable, "-m", "guided_diffusion", "fit", "--config", DIFFUSION_YAML,
                                 "--config", config], cwd=workdir, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:

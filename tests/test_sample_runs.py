@@ -14,7 +14,7 @@ import torch
 import guided_diffusion.content_hash as content_hash_module
 from guided_diffusion.content_hash import content_hash, sha256_of
 from guided_diffusion.generation import runner as runner_module
-from guided_diffusion.generation.command import sample
+from guided_diffusion.commands.sample import sample
 from guided_diffusion.generation.plan import SamplePlan
 from guided_diffusion.generation.shards import merge_shards, read_samples, scan, shard_path, write_shard
 from tests.helpers import wandb_run
@@ -150,7 +150,7 @@ def test_two_processes_grow_a_one_process_run(checkpoints, tmp_path):  # noqa: F
     def two_processes(count):
         args = [checkpoints["diffusion"], "--classifier", checkpoints["classifier"], "--scale", "2", "--num_samples",
                 str(count), "--batch_size", "2", "--steps", "ddim3", "--accelerator", "cpu", "--progress", "false"]
-        command = [sys.executable, "-m", "guided_diffusion.cli", "sample", *args, "--output", str(tmp_path / "two"),
+        command = [sys.executable, "-m", "guided_diffusion", "sample", *args, "--output", str(tmp_path / "two"),
                    "--devices", "2", "--timeout_minutes", "1"]
         completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert completed.returncode == 0, completed.stderr[-3000:]

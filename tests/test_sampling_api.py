@@ -1,10 +1,10 @@
-"""The one sampler signature: progressive variants, reproducibility, respacing, bad input."""
+"""The one sampler signature: the per-step callback, reproducibility, respacing, bad input."""
 import pytest
 import torch
 
 from guided_diffusion.diffusion import DiffusionConfig
 from guided_diffusion.mixture import GaussianMixture, MixtureDenoiser
-from guided_diffusion.sampling import SAMPLERS, ddim_invert, sample, sample_progressive
+from guided_diffusion.sampling import SAMPLERS, ddim_invert, sample
 
 from .helpers import parity_fixture
 
@@ -18,14 +18,16 @@ def generators(seeds):
 
 
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
-def test_progressive_yields_every_step_with_original_timesteps(sampler):
-    steps = list(sample_progressive(MODEL, DIFFUSION, (3, 2), sampler=sampler, steps="ddim10", progress=False,
-                                    generator=torch.Generator().manual_seed(0)))
+def test_the_callback_sees_every_step_with_original_timesteps(sampler):
+    steps = []
+    returned = sample(MODEL, DIFFUSION, (3, 2), sampler=sampler, steps="ddim10", progress=False,
+                      generator=torch.Generator().manual_seed(0), callback=steps.append)
+    assert [s["i"] for s in steps] == list(range(10))
     assert [s["t"] for s in steps] == list(range(900, -1, -100))
     assert all(s["sample"].shape == (3, 2) and s["pred_xstart"].shape == (3, 2) for s in steps)
     final = sample(MODEL, DIFFUSION, (3, 2), sampler=sampler, steps="ddim10", progress=False,
                    generator=torch.Generator().manual_seed(0))
-    assert torch.equal(final, steps[-1]["sample"])
+    assert torch.equal(final, steps[-1]["sample"]) and torch.equal(final, returned)
 
 
 @pytest.mark.parametrize("sampler", list(SAMPLERS))

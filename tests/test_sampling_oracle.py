@@ -1,4 +1,4 @@
-"""Every sampler and every guidance kind against the Gaussian-mixture oracle (DESIGN §5).
+"""Every sampler and every guidance kind against the Gaussian-mixture oracle (docs/testing.md).
 
 The oracle's exact eps and p(y | x_t) stand in for trained networks, so what remains is the
 sampler's own error. Tolerances: a component mean has standard error s / sqrt(N pi_k) (0.0025 for

@@ -30,9 +30,7 @@ from guided_diffusion.sde import (
     euler_maruyama_sample,
     mixture_score_model,
     ode_sample,
-    ode_sample_progressive,
     pc_sample,
-    pc_sample_progressive,
     reverse_diffusion_sample,
 )
 
@@ -163,17 +161,22 @@ def test_scale_zero_is_exactly_unguided(kind):
     assert torch.equal(run(), guided)
 
 
-def test_progressive_yields_and_per_sample_generators():
+def test_callbacks_and_per_sample_generators():
     model = mixture_score_model(MIXTURE, SDES["ve"])
-    steps = list(pc_sample_progressive(model, None, (3, 2), steps=10, eps=0.01, generator=gen(), progress=False))
+    steps = []
+    final = pc_sample(model, None, (3, 2), steps=10, eps=0.01, generator=gen(), progress=False, callback=steps.append)
     assert len(steps) == 11 and steps[0]["t"] == 1.0 and steps[-1]["t"] == pytest.approx(0.01)
+    assert [s["i"] for s in steps] == list(range(11)) and torch.equal(steps[-1]["sample"], final)
+    assert torch.equal(final, pc_sample(model, None, (3, 2), steps=10, eps=0.01, generator=gen(), progress=False))
     assert all(s["sample"].shape == (3, 2) and s["pred_xstart"].shape == (3, 2) for s in steps)
     whole = pc_sample(model, None, (4, 2), steps=20, generator=[gen(s) for s in range(4)], progress=False)
     halves = torch.cat([pc_sample(model, None, (2, 2), steps=20, generator=[gen(s) for s in seeds], progress=False)
                         for seeds in ([0, 1], [2, 3])])
     torch.testing.assert_close(whole, halves, atol=1e-6, rtol=0)
-    ode_steps = list(ode_sample_progressive(model, None, (3, 2), generator=gen(), progress=False))
+    ode_steps = []
+    ode_final = ode_sample(model, None, (3, 2), generator=gen(), progress=False, callback=ode_steps.append)
     assert ode_steps[-1]["nfe"] == ode_steps[-2]["nfe"] + 1 > 20 and ode_steps[-2]["t"] == pytest.approx(SDES["ve"].eps)
+    assert torch.equal(ode_steps[-1]["sample"], ode_final)
 
 
 def test_bad_sampler_options():

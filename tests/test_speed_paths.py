@@ -15,7 +15,7 @@ from guided_diffusion.diffusion import DiffusionConfig
 from guided_diffusion.guidance import ClassifierGuidance
 from guided_diffusion.nets import UNet, UNetConfig
 from guided_diffusion.nets.layers import attention
-from guided_diffusion.sampler_protocol import PhiloxStreams, sample_noise
+from guided_diffusion.noise import PhiloxStreams, sample_noise
 from guided_diffusion.sampling import sample
 from guided_diffusion.tensor_checks import check_index_range
 

@@ -7,8 +7,10 @@ import torch.nn.functional as F
 from guided_diffusion.checkpoints import load_diffusion_checkpoint
 from guided_diffusion.data.datamodule import ImageDataModule
 from guided_diffusion.diffusion import DiffusionConfig
+from guided_diffusion.diffusion.weighting import LossWeighting
 from guided_diffusion.nets import SuperResUNet, UNetConfig
 from guided_diffusion.training import DiffusionModule
+from guided_diffusion.training.ema import EmaOptions
 
 SR_UNET = UNetConfig(image_size=16, low_res_size=8, in_channels=1, model_channels=32, channel_mult=(1, 2),
                      num_res_blocks=1, attention_resolutions=(), num_classes=10)
@@ -17,8 +19,8 @@ SR_DIFFUSION = DiffusionConfig(steps=1000, noise_schedule="cosine", predict_xsta
 
 def _module(**kwargs):
     return DiffusionModule(network=SR_UNET, diffusion=SR_DIFFUSION, lr=2e-3, lr_warmup_steps=20,
-                           timestep_sampler="uniform", loss_weighting="min-snr", min_snr_floor=1.0,
-                           ema_schedule="power", **kwargs)
+                           timestep_sampler="uniform", loss_weighting=LossWeighting("min-snr", min_snr_floor=1.0),
+                           ema=EmaOptions(schedule="power"), **kwargs)
 
 
 def _low_res_error(module, images, labels):

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from guided_diffusion.cli import main as gd
-from guided_diffusion.sweep import sweep
+from guided_diffusion.commands.cli import main as gd
+from guided_diffusion.commands.sweep import sweep
 from tests.helpers import rescore, wandb_run
 from tests.test_generation import checkpoints  # noqa: F401  (the tiny checkpoints fixture)
 

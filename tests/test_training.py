@@ -11,11 +11,11 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from classifiers import EncoderUNetConfig
 from classifiers.module import NoisyClassifierModule
-from classifiers.timm_classifier import TimmClassifierConfig, TimmNoisyClassifier
 from guided_diffusion.checkpoints import load_state_dict_file
 from guided_diffusion.data.datamodule import ImageDataModule
 from guided_diffusion.diffusion import DiffusionConfig
 from guided_diffusion.nets import UNetConfig
+from guided_diffusion.nets.timm_classifier import TimmClassifierConfig, TimmNoisyClassifier
 from guided_diffusion.checkpoints import export, load_classifier_checkpoint, load_diffusion_checkpoint
 from guided_diffusion.training import EMA, DiffusionModule, QuartileMeans, quartile_means
 

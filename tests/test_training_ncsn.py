@@ -7,11 +7,11 @@ import pytest
 import torch
 import yaml
 
-from guided_diffusion.cli import main
+from guided_diffusion.commands.cli import main
 from guided_diffusion.nets import UNetConfig
 from guided_diffusion.sde import VESDE, annealed_langevin_sample, langevin_step_size, langevin_variance_ratio
 from guided_diffusion.checkpoints import load_diffusion_checkpoint, load_ncsn_checkpoint
-from guided_diffusion.lightning_cli import lightning_main
+from guided_diffusion.commands.fit import lightning_main
 from guided_diffusion.training.ncsn_module import NCSNModule
 
 NCSN_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "mnist" / "ncsn.yaml")
@@ -76,6 +76,15 @@ def test_ncsn_fit_reload_and_sample(workdir):
     images = module.sample(2, sampler="pc", steps="3", generator=torch.Generator().manual_seed(0))
     assert images.shape == (2, 1, 32, 32) and torch.isfinite(images).all()
 
+    # The EMA group is saved as a plain dict; a checkpoint of the flat layout (ema_rate, ema_warmup) is migrated.
+    assert hparams["ema"] == {"rate": 0.999, "warmup": True, "schedule": "rate", "power_gamma": 6.94}
+    flat = {key: value for key, value in raw["hyper_parameters"].items() if key != "ema"}
+    torch.save({**raw, "hyper_parameters": {**flat, "ema_rate": 0.99, "ema_warmup": False}}, workdir / "old.ckpt")
+    module = lightning_main(["validate", "--config", NCSN_YAML, "--config", overrides, "--ckpt_path",
+                             str(workdir / "old.ckpt")]).model
+    assert (module.ema.decay, module.ema.warmup, module.num_scales) == (0.99, False, 119)
+    assert module.hparams["ema"] == {"rate": 0.99, "warmup": False, "schedule": "rate", "power_gamma": 6.94}
+
 
 def test_ncsn_module_levels_and_step_size():
     """Given sigma_max, the levels are NCSNv2's (the overlap rule or num_scales), and the default
@@ -87,6 +96,8 @@ def test_ncsn_module_levels_and_step_size():
     assert module.network_timesteps(torch.tensor([0, module.num_scales - 1])).tolist() == [module.num_scales - 1, 0]
     assert module.langevin_step_size(5) == pytest.approx(langevin_step_size(gamma, 5, 0.01))
     assert len(NCSNModule(network=TINY, sigma_max=20.0, num_scales=10).sigmas) == 10
+    assert module.ema.decay == 0.999 and module.ema.warmup                    # NCSNv2's EMA rate
+    assert NCSNModule(network=TINY, ema={"warmup": False}).ema.decay == 0.999  # a config's ema: over that default
     pending = NCSNModule(network=TINY)
     with pytest.raises(RuntimeError, match="noise levels are not known yet"):
         pending.sample(1)

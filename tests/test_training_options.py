@@ -1,8 +1,11 @@
 """The fast-convergence training options against closed forms: MSE weightings (Min-SNR, P2), the
 EMA schedules (ADM rate, EDM2 power function), the LR schedules; a short fit with each option; the
-grid callback and sampling use the weights they name."""
+grid callback and sampling use the weights they name; the option groups (defaults, one-line errors,
+the flat keys of older checkpoints)."""
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 
 import numpy as np
@@ -10,10 +13,11 @@ import pytest
 import torch
 
 from guided_diffusion.diffusion import GaussianDiffusion
-from guided_diffusion.diffusion.weighting import mse_weights, signal_to_noise
-from guided_diffusion.training import EMA, SampleGridCallback
+from guided_diffusion.diffusion.weighting import LossWeighting, mse_weights, signal_to_noise
+from guided_diffusion.training import EMA, DiffusionModule, NCSNModule, SampleGridCallback
+from guided_diffusion.training.base import RENAMED_OPTIONS, migrate_hyperparameters
 from guided_diffusion.training.lr_schedule import build_lr_scheduler
-from guided_diffusion.training.ema import ema_decay, power_ema_sigma_rel
+from guided_diffusion.training.ema import EmaOptions, ema_decay, power_ema_sigma_rel
 from tests.test_training import tiny_data, tiny_diffusion_module, trainer
 
 
@@ -86,11 +90,12 @@ def test_mse_weight_scales_only_the_mse_term_of_the_hybrid_loss():
 
 
 def test_module_applies_the_weight_of_each_sampled_timestep(tmp_path):
-    module = tiny_diffusion_module(loss_weighting="min-snr", min_snr_gamma=2.0)
+    module = tiny_diffusion_module(loss_weighting=LossWeighting("min-snr", min_snr_gamma=2.0))
     expected = mse_weights(module.diffusion.alphas_cumprod, "min-snr", min_snr_gamma=2.0)
     assert torch.allclose(module.mse_weight_table.double(), torch.as_tensor(expected), rtol=1e-6)
     assert "mse_weight_table" not in module.state_dict()          # derived from the hyper-parameters
-    assert module.hparams["loss_weighting"] == "min-snr" and module.hparams["min_snr_gamma"] == 2.0
+    assert module.hparams["loss_weighting"] == {"kind": "min-snr", "min_snr_gamma": 2.0, "min_snr_floor": 0.0,
+                                                "p2_gamma": 1.0, "p2_k": 1.0}
     seen = {}
     original = module.diffusion.training_losses
 
@@ -189,9 +194,9 @@ def test_lr_schedule_errors():
 
 
 @pytest.mark.parametrize("options", [
-    dict(loss_weighting="min-snr"),
-    dict(loss_weighting="p2", p2_gamma=0.5),
-    dict(ema_schedule="power", ema_power_gamma=16.97),
+    dict(loss_weighting=LossWeighting("min-snr")),
+    dict(loss_weighting={"kind": "p2", "p2_gamma": 0.5}),                  # the dict form, as in a YAML config
+    dict(ema=EmaOptions(schedule="power", power_gamma=16.97)),
     dict(lr_warmup_steps=2, lr_anneal_steps=3, lr_schedule="cosine"),
 ], ids=["min-snr", "p2", "power-ema", "warmup-cosine"])
 def test_two_step_fit_with_each_option(tmp_path, options):
@@ -224,7 +229,7 @@ def test_gradient_clipping_through_the_trainer_bounds_the_update(tmp_path):
 
 
 def test_sampling_and_grid_callback_use_the_weights_they_name(tmp_path):
-    module = tiny_diffusion_module(ema_schedule="power")
+    module = tiny_diffusion_module(ema=EmaOptions(schedule="power"))
     trainer(tmp_path, max_steps=2).fit(module, tiny_data())
     with torch.no_grad():                                           # make the two weight sets differ visibly
         for p in module.model.parameters():
@@ -274,3 +279,116 @@ def test_the_grid_callback_logs_the_ema_grid_at_each_validation_once_per_step(tm
     trainer(tmp_path / "quiet", max_steps=3, callbacks=[quiet], limit_val_batches=1, val_check_interval=3).fit(
         tiny_diffusion_module(), tiny_data())
     assert not (tmp_path / "quiet" / "samples").exists()
+
+
+# ---------------------------------------------------------------------------------------------- option groups
+
+
+def test_option_groups_keep_the_former_defaults():
+    """The defaults of the flat arguments they replace: ADM's EMA (DiffusionModule), NCSNv2's rate (NCSNModule),
+    no MSE weighting."""
+    adm_ema = EmaOptions(rate=0.9999, warmup=True, schedule="rate", power_gamma=6.94)
+    no_weighting = LossWeighting(kind="none", min_snr_gamma=5.0, min_snr_floor=0.0, p2_gamma=1.0, p2_k=1.0)
+    assert EmaOptions() == adm_ema and LossWeighting() == no_weighting
+    diffusion_defaults = inspect.signature(DiffusionModule).parameters
+    assert diffusion_defaults["ema"].default == adm_ema
+    assert diffusion_defaults["loss_weighting"].default == no_weighting
+    assert inspect.signature(NCSNModule).parameters["ema"].default == dataclasses.replace(adm_ema, rate=0.999)
+    assert len(diffusion_defaults) <= 20 and len(inspect.signature(NCSNModule).parameters) <= 20
+
+    module = tiny_diffusion_module()
+    assert (module.ema.decay, module.ema.warmup, module.ema.schedule, module.ema.power_gamma) == (0.9999, True,
+                                                                                                  "rate", 6.94)
+    assert module.loss_weighting == no_weighting and module.loss_weighting.is_uniform
+    # hyper-parameters hold plain dicts (checkpoints load with weights_only=True)
+    assert module.hparams["ema"] == {"rate": 0.9999, "warmup": True, "schedule": "rate", "power_gamma": 6.94}
+    assert module.hparams["loss_weighting"] == {"kind": "none", "min_snr_gamma": 5.0, "min_snr_floor": 0.0,
+                                                "p2_gamma": 1.0, "p2_k": 1.0}
+    # a dict (a YAML mapping) is read over the module's own default
+    assert tiny_diffusion_module(ema={"schedule": "power"}).ema.decay == 0.9999
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        module.loss_weighting.kind = "p2"
+    with pytest.raises(ValueError, match=r"^unknown EMA option\(s\) rat; the options are rate, warmup, schedule, "
+                                         r"power_gamma$"):
+        tiny_diffusion_module(ema={"rat": 0.9})
+
+
+@pytest.mark.parametrize("group,field,value,message", [
+    (EmaOptions, "rate", 1.0, "ema.rate must lie in [0, 1), got 1.0"),
+    (EmaOptions, "rate", -0.5, "ema.rate must lie in [0, 1), got -0.5"),
+    (EmaOptions, "rate", float("nan"), "ema.rate must lie in [0, 1), got nan"),
+    (EmaOptions, "warmup", "yes", "ema.warmup must be true or false, got 'yes'"),
+    (EmaOptions, "schedule", "karras", "unknown EMA schedule 'karras' (ema.schedule): choose 'rate' or 'power'"),
+    (EmaOptions, "power_gamma", 0.0, "ema.power_gamma (the power EMA's gamma) must be a number > 0, got 0.0"),
+    (LossWeighting, "kind", "snr",
+     "unknown MSE weighting 'snr' (loss_weighting.kind): choose from none, min-snr, truncated-snr, p2"),
+    (LossWeighting, "min_snr_gamma", 0.0, "loss_weighting.min_snr_gamma must be a number > 0, got 0.0"),
+    (LossWeighting, "min_snr_floor", 6.0, "loss_weighting.min_snr_floor must lie in [0, min_snr_gamma = 5.0], got 6.0"),
+    (LossWeighting, "min_snr_floor", -1.0,
+     "loss_weighting.min_snr_floor must lie in [0, min_snr_gamma = 5.0], got -1.0"),
+    (LossWeighting, "p2_gamma", -0.5, "loss_weighting.p2_gamma must be a number >= 0, got -0.5"),
+    (LossWeighting, "p2_k", 0.0, "loss_weighting.p2_k must be a number > 0, got 0.0"),
+], ids=lambda value: value if isinstance(value, str) and " " not in value else None)
+def test_each_bad_option_is_one_line_naming_it(group, field, value, message):
+    with pytest.raises(ValueError) as error:
+        group(**{field: value})
+    assert str(error.value) == message
+    module_argument = "ema" if group is EmaOptions else "loss_weighting"
+    with pytest.raises(ValueError) as error:
+        tiny_diffusion_module(**{module_argument: {field: value}})   # the dict form of a config
+    assert str(error.value) == message
+
+
+def _weights_before(alphas_cumprod, kind, mean_type, gamma, floor, p2_gamma, p2_k):
+    """w_t as the flat arguments computed it (``loss_weighting``, ``min_snr_gamma``, ... of DiffusionModule)."""
+    snr = signal_to_noise(alphas_cumprod)
+    if kind == "none":
+        return np.ones_like(snr)
+    if kind == "min-snr":
+        x0_weight = np.maximum(np.minimum(snr, gamma), floor)
+        return x0_weight / snr if mean_type == "eps" else x0_weight
+    if kind == "truncated-snr":
+        return np.maximum(snr, 1.0) / snr if mean_type == "eps" else np.maximum(snr, 1.0)
+    return 1.0 / (p2_k + snr) ** p2_gamma
+
+
+@pytest.mark.parametrize("kind", ["none", "min-snr", "truncated-snr", "p2"])
+@pytest.mark.parametrize("mean_type", ["eps", "x0"])
+def test_the_weighting_group_computes_the_former_weights(kind, mean_type):
+    alphas_cumprod = GaussianDiffusion.from_schedule("cosine", 1000).alphas_cumprod
+    options = dict(min_snr_gamma=3.0, min_snr_floor=0.5, p2_gamma=0.5, p2_k=2.0)
+    weighting = LossWeighting(kind, **options)
+    if kind == "p2" and mean_type == "x0":
+        with pytest.raises(ValueError, match="P2 weighting is defined on the eps loss"):
+            weighting.weights(alphas_cumprod, mean_type)
+        return
+    expected = _weights_before(alphas_cumprod, kind, mean_type, *options.values())
+    assert np.array_equal(weighting.weights(alphas_cumprod, mean_type), expected)      # bit for bit
+    assert np.array_equal(mse_weights(alphas_cumprod, kind, mean_type=mean_type, **options), expected)
+    assert kind == "none" or not np.allclose(expected, 1.0)                             # each kind weighs
+
+
+def test_old_flat_hyper_parameters_move_into_the_groups():
+    """Checkpoints written before the groups hold the flat keys; ``--ckpt_path`` runs rebuild from the migrated ones."""
+    flat = {"_class_path": "guided_diffusion.training.diffusion_module.DiffusionModule", "lr": 2e-3,
+            "ema_rate": 0.99, "ema_warmup": False, "ema_schedule": "power", "ema_power_gamma": 3.0,
+            "timestep_sampler": "uniform", "loss_weighting": "min-snr", "min_snr_gamma": 4.0, "min_snr_floor": 0.5,
+            "p2_gamma": 0.5, "p2_k": 2.0}
+    migrated = migrate_hyperparameters(flat)
+    assert migrated == {"_class_path": flat["_class_path"], "lr": 2e-3, "timestep_sampler": "uniform",
+                        "ema": {"rate": 0.99, "warmup": False, "schedule": "power", "power_gamma": 3.0},
+                        "loss_weighting": {"kind": "min-snr", "min_snr_gamma": 4.0, "min_snr_floor": 0.5,
+                                           "p2_gamma": 0.5, "p2_k": 2.0}}
+    assert migrate_hyperparameters({"ema_rate": 0.999, "ema_warmup": True}) == {   # an NCSNModule checkpoint
+        "ema": {"rate": 0.999, "warmup": True}}
+    module = tiny_diffusion_module(**{k: v for k, v in migrated.items() if k != "_class_path"})
+    assert (module.ema.decay, module.ema.warmup, module.ema.schedule, module.ema.power_gamma) == (0.99, False,
+                                                                                                  "power", 3.0)
+    assert module.loss_weighting == LossWeighting("min-snr", 4.0, 0.5, 0.5, 2.0)
+    assert migrate_hyperparameters(module.hparams) == dict(module.hparams)          # the grouped layout is kept
+    # every new place is a field of the group the module takes under that name
+    groups = {"ema": EmaOptions, "loss_weighting": LossWeighting}
+    for old, new in RENAMED_OPTIONS.items():
+        group, field = new.split(".")
+        assert field in {f.name for f in dataclasses.fields(groups[group])}, old
+        assert group in inspect.signature(DiffusionModule).parameters, old

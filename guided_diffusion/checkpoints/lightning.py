@@ -43,6 +43,12 @@ def is_training_checkpoint(content: Any) -> bool:
     return isinstance(hparams, Mapping) and "network" in hparams and "state_dict" in content
 
 
+def _ema_rate(hparams: Mapping[str, Any]):
+    """The EMA rate a checkpoint was trained with (the ``ema`` group, or the flat ``ema_rate`` key)."""
+    group = hparams.get("ema")
+    return group.get("rate") if isinstance(group, Mapping) else hparams.get("ema_rate")
+
+
 def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     load_strict(model, state, "the network its config describes", source)
 
@@ -127,7 +133,7 @@ def _ncsn_from_checkpoint(checkpoint: Mapping[str, Any], ema: bool, source: str)
     info = {"kind": "ncsn", "network": dict(hparams["network"]),
             "sigmas": geometric_sigmas(sigma_max, sigma_min, num_scales),
             "global_step": int(checkpoint.get("global_step", 0)), "epoch": int(checkpoint.get("epoch", 0)),
-            "ema": ema, "ema_rate": hparams.get("ema_rate"), "hyper_parameters": hparams}
+            "ema": ema, "ema_rate": _ema_rate(hparams), "hyper_parameters": hparams}
     return network.eval(), network.sde, info
 
 
@@ -149,7 +155,7 @@ def diffusion_from_checkpoint(checkpoint: Mapping[str, Any], ema: bool, source: 
     model = config.build()
     _load_weights(model, state, f"the {'EMA' if ema else 'model'} weights of {source!r}")
     diffusion = DiffusionConfig(**hparams["diffusion"]).build()
-    info = _info(checkpoint, "diffusion", ema=ema, ema_rate=hparams.get("ema_rate"),
+    info = _info(checkpoint, "diffusion", ema=ema, ema_rate=_ema_rate(hparams),
                  null_label=config.num_classes if config.null_class else None)
     return model.eval(), diffusion, info
 

@@ -10,7 +10,7 @@ Notation follows Ho et al. (2020) and Nichol & Dhariwal (2021):
 
 Schedules are float64 internally and float32 once looked up for a batch, as in the reference.
 This module knows nothing about networks beyond ``model(x_t, t, y=None, **model_kwargs)``, where
-``t`` is always the *original* integer timestep (DESIGN §8), also for a respaced process.
+``t`` is always the *original* integer timestep (the denoiser contract), also for a respaced process.
 """
 from __future__ import annotations
 

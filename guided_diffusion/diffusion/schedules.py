@@ -162,8 +162,8 @@ def logsnr_spaced_timesteps(alphas_cumprod: np.ndarray, count: int) -> list[int]
 def quadratic_spaced_timesteps(num_timesteps: int, count: int) -> list[int]:
     """``count`` timesteps at t_k = (k / (count - 1))^2 (T - 1): dense at low noise, where detail forms.
 
-    DPM-Solver's "time_quadratic" placement; on the Gaussian-mixture oracle it is the most accurate
-    placement for 10-20 solver steps under both the linear and the cosine schedule.
+    DPM-Solver's "time_quadratic" placement (Lu et al. 2022); the ``dpm-solver`` sampler places a plain
+    step count so (``steps=20`` is ``"quad20"``).
     """
     _check_count(count, num_timesteps, f"quad{count}")
     fractions = np.linspace(0.0, 1.0, count) ** 2

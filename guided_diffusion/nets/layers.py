@@ -85,7 +85,7 @@ class GroupNorm32(nn.GroupNorm):
     input is upcast, normalised and cast back. On CPU, PyTorch's group-norm kernel accepts
     reduced-precision input with float32 affine parameters and accumulates the statistics in
     float32 itself, which gives the same result without two extra passes over the activations
-    (about 6% of a bf16 training step; ``benchmarks/bench_unet.py``).
+    (their share of a bf16 training step: docs/benchmarks.md).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -325,7 +325,7 @@ class ResBlock(TimestepBlock):
         out_norm, out_rest = self.out_layers[0], self.out_layers[1:]
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
-            h = out_norm(h) * (1 + scale) + shift  # AdaGN (2x faster than addcmul in bf16 on CPU)
+            h = out_norm(h) * (1 + scale) + shift  # AdaGN (this form, not addcmul: faster in bf16 on CPU)
         else:
             h = out_norm(h + emb_out)
         return self.skip_connection(x) + out_rest(h)

@@ -1,7 +1,7 @@
 """The catalogue of architectures: which networks exist by name, and how they are built.
 
 - :mod:`.registry`: the closed set of network classes a file may ask for (``kind`` -> class,
-  config class), over both network packages (:mod:`guided_diffusion.nets`, :mod:`classifiers`);
+  config class), over the networks of :mod:`guided_diffusion.nets` (denoisers and classifiers);
 - :mod:`.catalog`: named presets (every released OpenAI checkpoint, the paper's training runs,
   small CPU configurations), each with its diffusion and sampling settings;
 - :mod:`.openai_flags`: guided-diffusion's command-line flags read into those configs.

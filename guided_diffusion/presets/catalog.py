@@ -20,9 +20,8 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from classifiers.encoder import EncoderUNetConfig
-
 from ..diffusion import DiffusionConfig
+from ..nets.encoder import EncoderUNetConfig
 from ..nets.unet import UNetConfig
 from .registry import build_network
 

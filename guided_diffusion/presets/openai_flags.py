@@ -10,9 +10,8 @@ from __future__ import annotations
 import shlex
 from typing import Literal
 
-from classifiers.encoder import EncoderUNetConfig
-
 from ..diffusion import DiffusionConfig
+from ..nets.encoder import EncoderUNetConfig
 from ..nets.unet import UNetConfig
 from .catalog import IMAGENET_CLASSES
 

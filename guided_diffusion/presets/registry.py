@@ -1,8 +1,8 @@
 """The closed set of network classes a checkpoint may ask for, by kind name.
 
 Checkpoints store ``kind`` and ``asdict(config)``; only the classes listed here are ever built
-from a file (nothing a file names is imported). The registry stands above both network packages
-(:mod:`guided_diffusion.nets`, :mod:`classifiers`), so neither needs to know the other.
+from a file (nothing a file names is imported). The networks (denoisers and classifiers) are those of
+:mod:`guided_diffusion.nets`; the registry stands above them.
 """
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
-from classifiers.encoder import EncoderUNet, EncoderUNetConfig
-from classifiers.timm_classifier import TimmClassifierConfig
-
+from ..nets.encoder import EncoderUNet, EncoderUNetConfig
+from ..nets.timm_classifier import TimmClassifierConfig
 from ..nets.unet import SuperResUNet, UNet, UNetConfig
 
 __all__ = ["NetworkType", "NETWORKS", "network_kind", "config_from_dict", "build_network", "network_spec",

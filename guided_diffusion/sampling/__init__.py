@@ -1,13 +1,15 @@
-"""Samplers and guidance. Every sampler has one signature and drives every model and guidance:
+"""Samplers and guidance. Every sampler is registered once (:mod:`.registry`) and called through one boundary:
 
-    sampler(model, diffusion, shape | x_T, *, y=None, guidance=None, steps=..., generator=None,
-            progress=True, **options) -> Tensor
+    sample(model, diffusion, shape | x_T, *, sampler="ddim", steps=None, y=None, guidance=None, generator=None,
+           progress=True, callback=None, **options) -> Tensor
 
-with a ``*_progressive`` variant that yields each step. Samplers own respacing; models see only
-original timesteps. The discrete samplers (DDPM ancestral, DDIM, DPM-Solver++) live here; the SDE
-family of :mod:`guided_diffusion.sde` joins :data:`SAMPLERS` through :mod:`.sde_bridge`, and
-:mod:`.controllable` (inpainting, colorization, interpolation) works with both. Guidance objects
-are :mod:`guided_diffusion.guidance` (re-exported). Plain PyTorch: nothing here imports Lightning.
+which reads the respacing ``steps`` once into a :class:`TimeGrid` of original timesteps (:func:`time_grid`)
+and hands it to the sampler function ``(model, diffusion, x_T, grid, *, ...)``; models see only original
+timesteps, and ``callback`` sees every step. The discrete samplers (DDPM ancestral, DDIM, DPM-Solver++)
+live here; the fixed-grid samplers of :mod:`guided_diffusion.sde` join :data:`SAMPLERS` through
+:mod:`.sde_bridge`, and :mod:`.controllable` (inpainting, colorization, interpolation) works with both.
+Guidance objects are :mod:`guided_diffusion.guidance` (re-exported). Plain PyTorch: nothing here imports
+Lightning.
 """
 from __future__ import annotations
 
@@ -20,12 +22,14 @@ from ..guidance import (
     as_guidance,
     check_scale,
 )
-from ..sampler_protocol import last, randn
-from .ancestral import ddpm_sample, ddpm_sample_progressive
+from ..noise import randn
+from ..sampler_protocol import StepCallback
+from .ancestral import ddpm_sample
 from .common import GuidedPredictor
-from .ddim import ddim_invert, ddim_invert_progressive, ddim_sample, ddim_sample_progressive, ddim_step
-from .dpm_solver import dpm_solver_sample, dpm_solver_sample_progressive
-from .samplers import SAMPLERS, SamplerName, sample, sample_progressive
+from .ddim import ddim_invert, ddim_sample, ddim_step
+from .dpm_solver import dpm_solver_sample
+from .grid import Steps, TimeGrid
+from .registry import SAMPLERS, SamplerFamily, SamplerName, SamplerSpec, get_sampler, sample, time_grid
 from .controllable import (
     COLOR_BASIS,
     SDE_SAMPLERS,
@@ -33,21 +37,19 @@ from .controllable import (
     Inpainting,
     colorization,
     colorize,
-    colorize_progressive,
     from_decoupled,
     inpaint,
-    inpaint_progressive,
     interpolate,
     slerp,
     to_decoupled,
 )
 
 __all__ = [
-    "SAMPLERS", "SamplerName", "sample", "sample_progressive", "GuidedPredictor", "randn",
-    "ddpm_sample", "ddpm_sample_progressive", "ddim_sample", "ddim_sample_progressive", "ddim_step",
-    "ddim_invert", "ddim_invert_progressive", "dpm_solver_sample", "dpm_solver_sample_progressive",
+    "SAMPLERS", "SamplerFamily", "SamplerName", "SamplerSpec", "get_sampler", "sample", "time_grid", "TimeGrid",
+    "Steps", "StepCallback", "GuidedPredictor", "randn",
+    "ddpm_sample", "ddim_sample", "ddim_step", "ddim_invert", "dpm_solver_sample",
     "Guidance", "ClassifierGuidance", "ClassifierFreeGuidance", "GuidanceChain", "as_guidance", "check_scale",
-    "GuidanceScale", "last",
+    "GuidanceScale",
     "COLOR_BASIS", "Inpainting", "InpaintedModel", "colorization", "to_decoupled", "from_decoupled", "slerp",
-    "interpolate", "inpaint", "inpaint_progressive", "colorize", "colorize_progressive", "SDE_SAMPLERS",
+    "interpolate", "inpaint", "colorize", "SDE_SAMPLERS",
 ]

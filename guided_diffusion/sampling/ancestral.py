@@ -1,52 +1,54 @@
 """Ancestral sampling (DDPM, Ho et al. 2020): x_{t-1} ~ N(mu_theta(x_t, t), Sigma_theta(x_t, t)).
 
-Works with any respacing and any variance type (fixed small/large, learned); classifier guidance
+Works with any time grid and any variance type (fixed small/large, learned); classifier guidance
 shifts the mean by s * Sigma * grad log p(y | x_t) (Algorithm 1 of Dhariwal & Nichol 2021).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 
 from ..diffusion import GaussianDiffusion
-from ..sampler_protocol import Generators, ShapeOrNoise, last, randn, steps_with_progress
-from .common import prepare
+from ..noise import Generators, randn
+from ..sampler_protocol import StepCallback, steps_with_progress
+from .common import GuidedPredictor
+from .grid import TimeGrid
 
 
-def ddpm_sample_progressive(model: Callable, diffusion: GaussianDiffusion, shape_or_noise: ShapeOrNoise, *,
-                            y: Optional[torch.Tensor] = None, guidance=None, steps: str | int | None = None,
-                            generator: Generators = None, progress: bool = True, clip_denoised: bool = True,
-                            denoised_fn=None, model_kwargs: Optional[dict] = None, device=None) -> Iterator[dict]:
-    """Yield ``{"sample", "pred_xstart", "t"}`` after every reverse step (t = original timestep).
+def ddpm_sample(model: Callable, diffusion: GaussianDiffusion, x: torch.Tensor, grid: TimeGrid, *,
+                y: Optional[torch.Tensor] = None, guidance=None, generator: Generators = None, progress: bool = True,
+                callback: StepCallback = None, clip_denoised: bool = True, denoised_fn=None,
+                model_kwargs: Optional[dict] = None) -> torch.Tensor:
+    """Walk the reverse chain over ``grid`` from x_T = ``x``, drawing x_{t-1} ~ p(x_{t-1} | x_t) at each step
+    (the mean alone at the last step); return x_0.
 
     Args:
         model: ``model(x_t, t, y=None)`` predicting eps (and variance channels if learned).
-        diffusion: the process the model was trained with.
-        shape_or_noise: the batch shape to draw x_T for, or x_T itself.
-        y: class labels, for the guidance and (if class-conditional) the model.
+        diffusion: the process the model was trained with (or one of its respacings).
+        x: x_T, the starting noise (B, ...).
+        grid: the original timesteps to visit (:class:`~.grid.TimeGrid`).
+        y: class labels (B,), for the guidance and (if class-conditional) the model.
         guidance: a Guidance object (or a list of them); None = unguided.
-        steps: respacing spec ("250", "10,15,20", ...); None = all T steps.
         generator: one torch.Generator, or one per sample for batch-independent noise.
         progress: show a progress bar.
+        callback: called after every step with ``{"i", "t", "sample", "pred_xstart"}`` (t: original timestep).
         clip_denoised: clip predicted x_0 to [-1, 1] (images); turn off for unbounded data.
         denoised_fn: applied to predicted x_0 before clipping.
         model_kwargs: extra model inputs (e.g. ``low_res`` for super-resolution).
-        device: where to draw x_T when a shape is given (default: the model's device).
     """
-    predictor, x = prepare(model, diffusion, shape_or_noise, y=y, guidance=guidance, steps=steps,
-                           generator=generator, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-                           model_kwargs=model_kwargs, device=device)
+    predictor = GuidedPredictor(model, grid.process(diffusion), y=y, guidance=guidance, clip_denoised=clip_denoised,
+                                denoised_fn=denoised_fn, model_kwargs=model_kwargs)
     process = predictor.process
-    for i in steps_with_progress(range(process.num_timesteps - 1, -1, -1), progress, "ddpm"):
+    for step, i in enumerate(steps_with_progress(range(process.num_timesteps - 1, -1, -1), progress, "ddpm")):
         out = predictor.predict(x, i, "mean")
         if i > 0:
             x = out["mean"] + torch.exp(0.5 * out["log_variance"]) * randn(x.shape, generator, x.device, x.dtype)
         else:
             x = out["mean"]
-        yield {"sample": x, "pred_xstart": out["pred_xstart"], "t": int(process.timestep_map[i])}
+        if callback is not None:
+            callback({"i": step, "t": int(process.timestep_map[i]), "sample": x, "pred_xstart": out["pred_xstart"]})
+    return x
 
 
-def ddpm_sample(model, diffusion, shape_or_noise, **options) -> torch.Tensor:
-    """The final sample of :func:`ddpm_sample_progressive` (same arguments)."""
-    return last(ddpm_sample_progressive(model, diffusion, shape_or_noise, **options))
+__all__ = ["ddpm_sample"]

@@ -15,7 +15,7 @@ import torch
 from ..diffusion import GaussianDiffusion
 from ..diffusion.gaussian import DenoisedFn
 from ..guidance import Guidance, NoiseLevel, as_guidance
-from ..sampler_protocol import Generators, ShapeOrNoise, model_device, model_takes_labels, randn
+from ..sampler_protocol import model_takes_labels
 
 
 @dataclass
@@ -68,20 +68,3 @@ class GuidedPredictor:
         if form == "mean":
             return guidance.condition_mean(self.process, out, x, t, self.y)
         return guidance.condition_eps(self.process, out, x, t, self.y)
-
-
-def prepare(model, diffusion: GaussianDiffusion, shape_or_noise: ShapeOrNoise, *, y, guidance, steps,
-            generator: Generators, clip_denoised: bool, denoised_fn, model_kwargs, device=None):
-    """Respace the diffusion, draw (or take) x_T, and build the step predictor."""
-    process = diffusion.respace(steps)
-    if isinstance(shape_or_noise, torch.Tensor):
-        x = shape_or_noise
-    else:
-        x = randn(shape_or_noise, generator, device=device or model_device(model))
-    if y is not None:
-        y = torch.as_tensor(y, device=x.device)
-        if y.shape != (x.shape[0],):
-            raise ValueError(f"y must hold one label per sample: shape {tuple(y.shape)} for a batch of {x.shape[0]}")
-    predictor = GuidedPredictor(model, process, y=y, guidance=guidance, clip_denoised=clip_denoised,
-                                denoised_fn=denoised_fn, model_kwargs=model_kwargs)
-    return predictor, x

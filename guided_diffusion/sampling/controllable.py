@@ -14,7 +14,7 @@ only depends on their own values and the prediction); step 2 makes the sampler's
 y on the known coordinates, so the known part of the result is the observation itself, in any
 sampler, without touching the sampler. The replacement is the paper's approximation of
 grad log p_t(x | y): with a noisy stand-in for y the unknown part is slightly less informed at high
-noise than the exact conditional would be (measured on the oracle in the tests).
+noise than the exact conditional would be (``tests/test_sde_controllable.py`` compares the two on the oracle).
 
 Masks may live in an orthonormal basis of the channel axis (``basis``): **colorization** is
 inpainting of the grey channel of the decoupled colour space (Song et al. 2021, App. I.3)
@@ -32,12 +32,10 @@ model with its original ``GaussianDiffusion`` (every sampler of ``guided_diffusi
 score model with its SDE (:data:`SDE_SAMPLERS`)::
 
     inpaint(model, diffusion, x_known, mask, *, sampler=None, num_samples=None, y=None, guidance=None,
-            steps=None, generator=None, progress=True, noise=None, **sampler_options) -> (B, C, H, W)
+            steps=None, generator=None, progress=True, callback=None, noise=None, **sampler_options) -> (B, C, H, W)
     colorize(model, diffusion, grey, *, <the same keywords>) -> (B, 3, H, W)
     interpolate(model, diffusion, x_a, x_b, weights, *, encoder="q", t=None, mode=None, sampler=None,
                 steps=None, generator=None, decode_seed=0, **sample_options) -> (len(weights), B, C, H, W)
-
-with ``*_progressive`` variants of the first two.
 """
 from __future__ import annotations
 
@@ -48,11 +46,12 @@ import torch
 from torch import nn
 
 from ..guidance import Guidance
-from ..sampler_protocol import Generators, last, randn
-from ..sde.samplers import SCORE_SAMPLERS
+from ..noise import Generators, randn
+from ..sampler_protocol import StepCallback
+from ..sde.registry import SCORE_SAMPLERS
 from ..sde.sdes import SDE, broadcast
 from .ddim import ddim_invert
-from .samplers import sample, sample_progressive
+from .registry import sample
 
 COLOR_BASIS = torch.tensor([[1 / math.sqrt(3)] * 3,
                             [-2 / math.sqrt(6), 1 / math.sqrt(6), 1 / math.sqrt(6)],
@@ -183,11 +182,11 @@ def colorization(grey: torch.Tensor, process, **options) -> Inpainting:
 
 
 # ---------------------------------------------------------------------------------------------- one-call API
-#: samplers of an SDE score model (``process`` an SDE); a GaussianDiffusion takes every name of
-#: ``guided_diffusion.sampling.SAMPLERS`` (ddpm, ddim, dpm-solver, euler-maruyama, reverse-diffusion, pc,
-#: annealed-langevin). The probability-flow ODE is left out: the fresh noise of every replacement
-#: would make its right-hand side random, which an adaptive solver cannot integrate.
-SDE_SAMPLERS = tuple(SCORE_SAMPLERS)
+#: samplers of an SDE score model (``process`` an SDE): the fixed-grid ones of :data:`~..sde.registry.SCORE_SAMPLERS`;
+#: a GaussianDiffusion takes every name of ``guided_diffusion.sampling.SAMPLERS``. The adaptive probability-flow
+#: ODE is left out: the fresh noise of every replacement would make its right-hand side random, which an adaptive
+#: solver cannot integrate.
+SDE_SAMPLERS = tuple(name for name, spec in SCORE_SAMPLERS.items() if spec.grid == "fixed")
 
 
 def _guidance_list(guidance) -> list:
@@ -200,26 +199,25 @@ def _guidance_list(guidance) -> list:
     raise TypeError(f"guidance must be a Guidance object or a list of them, got {type(guidance).__name__}")
 
 
-def controlled_sample_progressive(model, process, condition: Inpainting, shape_or_noise, *,
-                                  sampler: Optional[str] = None, y: Optional[torch.Tensor] = None, guidance=None,
-                                  **options):
+def controlled_sample(model, process, condition: Inpainting, shape_or_noise, *, sampler: Optional[str] = None,
+                      y: Optional[torch.Tensor] = None, guidance=None, **options) -> torch.Tensor:
     """Run ``sampler`` with ``condition`` appended to ``guidance`` (after it: see :class:`Inpainting`).
 
     ``process`` is the model's original GaussianDiffusion (``model(x_t, t, y=None)`` an eps/x0
     network; any sampler of ``guided_diffusion.sampling.SAMPLERS``, default ``ddim``) or an SDE
     (``model`` a score model such as ``EpsScoreModel`` or ``NoiseConditionalScoreNetwork.score_model()``;
-    a sampler of :data:`SDE_SAMPLERS`, default ``pc``); ``None`` means ``model.sde``.
+    a sampler of :data:`SDE_SAMPLERS`, default ``pc``); ``None`` means ``model.sde``. ``steps=None``
+    is the sampler's own default.
     """
     guidances = _guidance_list(guidance) + [condition]
-    if options.get("steps", 0) is None:
-        del options["steps"]  # the sampler's own default
     if isinstance(process, SDE):
+        if options.get("steps", 0) is None:
+            del options["steps"]
         name = sampler or "pc"
-        if name not in SCORE_SAMPLERS:
+        if name not in SDE_SAMPLERS:
             raise ValueError(f"unknown SDE sampler {name!r}; expected one of {', '.join(SDE_SAMPLERS)}")
-        return SCORE_SAMPLERS[name](model, process, shape_or_noise, y=y, guidance=guidances, **options)
-    return sample_progressive(model, process, shape_or_noise, sampler=sampler or "ddim", y=y, guidance=guidances,
-                              **options)
+        return SCORE_SAMPLERS[name].function(model, process, shape_or_noise, y=y, guidance=guidances, **options)
+    return sample(model, process, shape_or_noise, sampler=sampler or "ddim", y=y, guidance=guidances, **options)
 
 
 def _resolve_process(model, process):
@@ -245,32 +243,11 @@ def _batch(x: torch.Tensor, num_samples: Optional[int], name: str) -> torch.Tens
     return x.expand(num_samples, *x.shape[1:])
 
 
-def inpaint_progressive(model, process, x_known: torch.Tensor, mask: torch.Tensor, *, sampler: Optional[str] = None,
-                        num_samples: Optional[int] = None, y: Optional[torch.Tensor] = None, guidance=None,
-                        steps=None, generator: Generators = None, progress: bool = True, noise=None,
-                        **options):
-    """:func:`inpaint`, yielding the sampler's dict after every step (the last holds the result)."""
-    process = _resolve_process(model, process)
-    x_known = _batch(x_known, num_samples, "x_known")
-    mask = torch.as_tensor(mask, dtype=x_known.dtype, device=x_known.device)
-    try:
-        torch.broadcast_shapes(mask.shape, x_known.shape)
-    except RuntimeError:
-        raise ValueError(f"the mask {tuple(mask.shape)} does not broadcast to the images "
-                         f"{tuple(x_known.shape)}") from None
-    condition = Inpainting(x_known, mask, process, generator=generator)
-    start = x_known.shape if noise is None else noise
-    if noise is not None and noise.shape != x_known.shape:
-        raise ValueError(f"noise {tuple(noise.shape)} must have the shape of x_known {tuple(x_known.shape)}")
-    return controlled_sample_progressive(model, process, condition, start, sampler=sampler, y=y, guidance=guidance,
-                                         steps=steps, generator=generator, progress=progress, **options)
-
-
-def inpaint(model, process, x_known: torch.Tensor, mask: torch.Tensor, **options) -> torch.Tensor:
+def inpaint(model, process, x_known: torch.Tensor, mask: torch.Tensor, *, sampler: Optional[str] = None,
+            num_samples: Optional[int] = None, y: Optional[torch.Tensor] = None, guidance=None, steps=None,
+            generator: Generators = None, progress: bool = True, callback: StepCallback = None, noise=None,
+            **options) -> torch.Tensor:
     """Fill in the unknown pixels of ``x_known`` with any sampler (Song et al. 2021, App. I.2).
-
-    ``inpaint(model, diffusion, x_known, mask, *, sampler=None, num_samples=None, y=None,
-    guidance=None, steps=None, generator=None, progress=True, noise=None, **sampler_options)``
 
     Args:
         model: ``model(x_t, t, y=None)`` (eps or x0 network) with ``process`` its *original*
@@ -284,16 +261,31 @@ def inpaint(model, process, x_known: torch.Tensor, mask: torch.Tensor, **options
         y: class labels (B,) (class-conditional model and/or classifier guidance).
         guidance: other guidance (classifier / classifier-free), applied before the inpainting.
         steps: the sampler's ``steps`` (a respacing such as ``"ddim50"`` / ``"250"`` for a
-            GaussianDiffusion; a step count for the SDE samplers).
+            GaussianDiffusion; a step count for the SDE samplers); ``None``: the sampler's default.
         generator: one ``torch.Generator`` or one per sample; drives both the sampler's noise and
             the fresh noise of the replaced pixels.
+        progress: show a progress bar.
+        callback: the sampler's per-step callback (:data:`~guided_diffusion.sampler_protocol.StepCallback`).
         noise: the starting x_T instead of drawing it.
-        sampler_options: e.g. ``eta``, ``clip_denoised``, ``snr``, ``corrector_steps``.
+        options: the sampler's options, e.g. ``eta``, ``clip_denoised``, ``snr``, ``corrector_steps``.
 
     Returns (B, C, H, W); the known pixels equal ``x_known`` (to float precision, up to the
     DDPM samplers' x_0 clipping to [-1, 1]).
     """
-    return last(inpaint_progressive(model, process, x_known, mask, **options))
+    process = _resolve_process(model, process)
+    x_known = _batch(x_known, num_samples, "x_known")
+    mask = torch.as_tensor(mask, dtype=x_known.dtype, device=x_known.device)
+    try:
+        torch.broadcast_shapes(mask.shape, x_known.shape)
+    except RuntimeError:
+        raise ValueError(f"the mask {tuple(mask.shape)} does not broadcast to the images "
+                         f"{tuple(x_known.shape)}") from None
+    condition = Inpainting(x_known, mask, process, generator=generator)
+    start = x_known.shape if noise is None else noise
+    if noise is not None and noise.shape != x_known.shape:
+        raise ValueError(f"noise {tuple(noise.shape)} must have the shape of x_known {tuple(x_known.shape)}")
+    return controlled_sample(model, process, condition, start, sampler=sampler, y=y, guidance=guidance, steps=steps,
+                             generator=generator, progress=progress, callback=callback, **options)
 
 
 def _grey_channel(grey: torch.Tensor) -> torch.Tensor:
@@ -308,26 +300,11 @@ def _grey_channel(grey: torch.Tensor) -> torch.Tensor:
                      f"got shape {tuple(grey.shape)}")
 
 
-def colorize_progressive(model, process, grey: torch.Tensor, *, sampler: Optional[str] = None,
-                         num_samples: Optional[int] = None, y: Optional[torch.Tensor] = None, guidance=None,
-                         steps=None, generator: Generators = None, progress: bool = True, noise=None, **options):
-    """:func:`colorize`, yielding the sampler's dict after every step (the last holds the result)."""
-    process = _resolve_process(model, process)
-    grey = _batch(_grey_channel(grey), num_samples, "grey")
-    condition = colorization(grey, process, generator=generator)
-    shape = (grey.shape[0], 3) + tuple(grey.shape[2:])
-    if noise is not None and tuple(noise.shape) != shape:
-        raise ValueError(f"noise {tuple(noise.shape)} must have the shape of the colour images {shape}")
-    return controlled_sample_progressive(model, process, condition, shape if noise is None else noise,
-                                         sampler=sampler, y=y, guidance=guidance, steps=steps, generator=generator,
-                                         progress=progress, **options)
-
-
-def colorize(model, process, grey: torch.Tensor, **options) -> torch.Tensor:
+def colorize(model, process, grey: torch.Tensor, *, sampler: Optional[str] = None,
+             num_samples: Optional[int] = None, y: Optional[torch.Tensor] = None, guidance=None, steps=None,
+             generator: Generators = None, progress: bool = True, callback: StepCallback = None, noise=None,
+             **options) -> torch.Tensor:
     """Colour images whose grey level (mean over RGB) is ``grey`` (Song et al. 2021, App. I.3), any sampler.
-
-    ``colorize(model, diffusion, grey, *, sampler=None, num_samples=None, y=None, guidance=None,
-    steps=None, generator=None, progress=True, noise=None, **sampler_options)``
 
     ``model`` must be an RGB (3-channel) model; ``grey`` is (B, 1, H, W), (B, H, W), or RGB
     (B, 3, H, W) whose channel mean is taken, in [-1, 1] (any (B, 1, ...) / (B, 3, ...) layout).
@@ -335,7 +312,15 @@ def colorize(model, process, grey: torch.Tensor, **options) -> torch.Tensor:
     ``clip_denoised=False`` or the SDE samplers; the DDPM samplers' clipping of x_0 to [-1, 1] can
     move the grey of out-of-gamut colours).
     """
-    return last(colorize_progressive(model, process, grey, **options))
+    process = _resolve_process(model, process)
+    grey = _batch(_grey_channel(grey), num_samples, "grey")
+    condition = colorization(grey, process, generator=generator)
+    shape = (grey.shape[0], 3) + tuple(grey.shape[2:])
+    if noise is not None and tuple(noise.shape) != shape:
+        raise ValueError(f"noise {tuple(noise.shape)} must have the shape of the colour images {shape}")
+    return controlled_sample(model, process, condition, shape if noise is None else noise, sampler=sampler, y=y,
+                             guidance=guidance, steps=steps, generator=generator, progress=progress, callback=callback,
+                             **options)
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, weight: float) -> torch.Tensor:
@@ -404,5 +389,5 @@ def interpolate(model, diffusion, x_a: torch.Tensor, x_b: torch.Tensor, weights:
 
 
 __all__ = ["COLOR_BASIS", "to_basis", "from_basis", "to_decoupled", "from_decoupled", "Inpainting",
-           "InpaintedModel", "colorization", "slerp", "interpolate", "SDE_SAMPLERS", "inpaint", "inpaint_progressive",
-           "colorize", "colorize_progressive", "controlled_sample_progressive"]
+           "InpaintedModel", "colorization", "slerp", "interpolate", "SDE_SAMPLERS", "inpaint", "colorize",
+           "controlled_sample"]

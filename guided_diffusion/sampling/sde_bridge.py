@@ -1,59 +1,61 @@
-"""The SDE samplers with the DDPM sampler signature, for ``guided_diffusion.sampling.SAMPLERS``.
+"""The fixed-grid samplers of a score model with the discrete sampler signature (the ``"sde"`` family).
 
-    sampler(model, diffusion, shape | x_T, *, y=None, guidance=None, steps=None, generator=None,
-            progress=True, clip_denoised=True, denoised_fn=None, model_kwargs=None, device=None,
-            **sde_options)
+    sampler(model, diffusion, x_T, grid, *, y=None, guidance=None, generator=None, progress=True,
+            callback=None, clip_denoised=True, denoised_fn=None, model_kwargs=None, timesteps="round",
+            **sde_options) -> Tensor
 
-The model and its diffusion become a score model on the diffusion's :class:`~.sdes.DiscreteVPSDE`
-(:meth:`~.models.EpsScoreModel.from_diffusion`, timesteps rounded to the grid) and ``steps`` is a
-respacing spec as for every sampler: its kept timesteps are the time grid (t_i = i / (K - 1) for
-step i of the given diffusion), so with ``steps=None`` the reverse-diffusion predictor takes exactly
-the DDPM chain's betas. Yields carry ``t`` as the *original* timestep of the grid point, like the
-DDPM samplers: one dict per kept timestep, the last one being the final (denoised) sample.
+The model and its diffusion become a score model on the diffusion's :class:`~..sde.sdes.DiscreteVPSDE`
+(:meth:`~..sde.models.EpsScoreModel.from_diffusion`; ``timesteps`` says how times between its steps
+are read, rounded to the nearest by default) and the grid's timesteps become the SDE times: step k
+of the diffusion sits at t_k = k / (K - 1), so the grid of every step makes the reverse-diffusion
+predictor take exactly the DDPM chain's betas. The callback sees ``t`` as the *original* timestep
+of the grid point, as with the discrete samplers: one call per grid timestep, the last one with the
+final (denoised) sample.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
-import numpy as np
 import torch
 
-from ..sampler_protocol import Generators, ShapeOrNoise, model_device, randn
+from ..noise import Generators
+from ..sampler_protocol import StepCallback
 from ..sde.models import EpsScoreModel, TimestepMode
-from ..sde.samplers import SCORE_SAMPLERS
+from ..sde.registry import ScoreSamplerSpec
+from .grid import TimeGrid
 
 
-def _diffusion_sampler(sde_sampler: Callable[..., Iterator[dict]], name: str,
-                       **defaults) -> Callable[..., Iterator[dict]]:
-    def progressive(model: Callable, diffusion, shape_or_noise: ShapeOrNoise, *, y: Optional[torch.Tensor] = None,
-                    guidance=None, steps: str | int | None = None, generator: Generators = None, progress: bool = True,
-                    clip_denoised: bool = True, denoised_fn=None, model_kwargs: Optional[dict] = None, device=None,
-                    timesteps: TimestepMode = "round", **options) -> Iterator[dict]:
-        process = diffusion.respace(steps)
+def on_diffusion(score_sampler: ScoreSamplerSpec, **defaults) -> Callable[..., torch.Tensor]:
+    """The score sampler ``score_sampler`` driving a DDPM model through its VP-SDE view (see the module docstring).
+
+    Args:
+        score_sampler: a fixed-grid sampler of :data:`~..sde.registry.SCORE_SAMPLERS`.
+        defaults: options given to it unless the caller sets them.
+    """
+    if score_sampler.grid != "fixed":
+        raise ValueError(f"the {score_sampler.name} sampler chooses its own times: it cannot walk a time grid")
+
+    def sampler(model: Callable, diffusion, x: torch.Tensor, grid: TimeGrid, *, y: Optional[torch.Tensor] = None,
+                guidance=None, generator: Generators = None, progress: bool = True, callback: StepCallback = None,
+                clip_denoised: bool = True, denoised_fn=None, model_kwargs: Optional[dict] = None,
+                timesteps: TimestepMode = "round", **options) -> torch.Tensor:
         score_model = EpsScoreModel.from_diffusion(model, diffusion, timesteps=timesteps, clip_denoised=clip_denoised,
                                                    denoised_fn=denoised_fn, model_kwargs=model_kwargs)
         sde = score_model.sde
-        index = np.searchsorted(diffusion.timestep_map.numpy(), process.timestep_map.numpy())
-        times = torch.as_tensor(index[::-1].copy(), dtype=torch.float64) / (sde.N - 1)
-        if isinstance(shape_or_noise, torch.Tensor):
-            x = shape_or_noise
-        else:
-            x = randn(shape_or_noise, generator, device=device or model_device(model))
-        for out in sde_sampler(score_model, sde, x, y=y, guidance=guidance, times=times, generator=generator,
-                               progress=progress, **{**defaults, **options}):
-            yield {**out, "t": int(sde.model_time(out["t"], "round"))}
+        times = torch.as_tensor(grid.indices(diffusion)[::-1].copy(), dtype=torch.float64) / (sde.N - 1)
 
-    progressive.__name__ = progressive.__qualname__ = f"{name.replace('-', '_')}_diffusion_progressive"
-    progressive.__doc__ = (f"The {name} SDE sampler on a DDPM model's VP-SDE view (see "
-                           f":mod:`guided_diffusion.sampling.sde_bridge`); extra options go to the SDE sampler.")
-    return progressive
+        def report(step: dict) -> None:
+            callback({**step, "t": int(sde.model_time(step["t"], "round"))})
+
+        return score_sampler.function(score_model, sde, x, y=y, guidance=guidance, times=times, generator=generator,
+                                      progress=progress, callback=None if callback is None else report,
+                                      **{**defaults, **options})
+
+    sampler.__name__ = sampler.__qualname__ = f"{score_sampler.name.replace('-', '_')}_on_diffusion"
+    sampler.__doc__ = (f"{score_sampler.description[0].upper()}{score_sampler.description[1:]}, on a DDPM model's "
+                       f"VP-SDE view (see :mod:`guided_diffusion.sampling.sde_bridge`); options go to the score "
+                       f"sampler.")
+    return sampler
 
 
-#: name -> progressive sampler with the DDPM signature (registered in ``guided_diffusion.sampling.SAMPLERS``).
-#: (one Langevin step per level for annealed Langevin: the grid is the diffusion's, already fine)
-DIFFUSION_SAMPLERS: dict[str, Callable[..., Iterator[dict]]] = {
-    name: _diffusion_sampler(sampler, name, **({"steps_per_level": 1} if name == "annealed-langevin" else {}))
-    for name, sampler in SCORE_SAMPLERS.items()
-}
-
-__all__ = ["DIFFUSION_SAMPLERS"]
+__all__ = ["on_diffusion"]

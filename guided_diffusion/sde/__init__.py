@@ -8,8 +8,8 @@
 - Samplers (:mod:`.samplers`, :mod:`.ode`): reverse-SDE Euler–Maruyama, reverse diffusion,
   predictor–corrector with a Langevin corrector, the probability-flow ODE (adaptive, scipy),
   annealed Langevin dynamics; one signature ``(score_model, sde, shape | x_T, *, y, guidance,
-  steps, generator, progress, **options)``; every guidance kind of :mod:`guided_diffusion.guidance`
-  applies.
+  steps, generator, progress, callback, **options) -> Tensor``; every guidance kind of
+  :mod:`guided_diffusion.guidance` applies. By name: :data:`SCORE_SAMPLERS` (:mod:`.registry`).
 - Likelihood: ``ode_likelihood`` (bits/dim comparable with ``GaussianDiffusion.calc_bpd_loop``).
 - NCSN (:mod:`.ncsn`): noise levels (Techniques 1-2 of Song & Ermon 2020), ``ncsn_loss``, and a
   noise-conditional score network on the project's UNet.
@@ -30,27 +30,18 @@ from .ncsn import (
     ncsn_sigmas,
     sigma_overlap,
 )
-from .ode import ode_encode, ode_likelihood, ode_sample, ode_sample_progressive
+from .ode import ode_encode, ode_likelihood, ode_sample
 from .oracle import MixtureEpsNetwork, MixtureTimeClassifier, mixture_score_model
-from .samplers import (
-    annealed_langevin_sample,
-    annealed_langevin_sample_progressive,
-    euler_maruyama_sample,
-    euler_maruyama_sample_progressive,
-    pc_sample,
-    pc_sample_progressive,
-    reverse_diffusion_sample,
-    reverse_diffusion_sample_progressive,
-)
+from .registry import SCORE_SAMPLERS, ScoreSamplerName, ScoreSamplerSpec
+from .samplers import annealed_langevin_sample, euler_maruyama_sample, pc_sample, reverse_diffusion_sample
 from .sdes import SDE, DiscreteVPSDE, SDEName, SubVPSDE, VESDE, VPSDE, get_sde
 
 __all__ = [
     "SDE", "SDEName", "VESDE", "VPSDE", "SubVPSDE", "DiscreteVPSDE", "get_sde",
     "ScoreModel", "EpsScoreModel", "GuidedScore", "tweedie_x0",
-    "pc_sample", "pc_sample_progressive", "euler_maruyama_sample", "euler_maruyama_sample_progressive",
-    "reverse_diffusion_sample", "reverse_diffusion_sample_progressive",
-    "annealed_langevin_sample", "annealed_langevin_sample_progressive",
-    "ode_sample", "ode_sample_progressive", "ode_likelihood", "ode_encode",
+    "SCORE_SAMPLERS", "ScoreSamplerName", "ScoreSamplerSpec",
+    "pc_sample", "euler_maruyama_sample", "reverse_diffusion_sample", "annealed_langevin_sample",
+    "ode_sample", "ode_likelihood", "ode_encode",
     "NoiseConditionalScoreNetwork", "gamma_for_dimension", "geometric_sigmas", "max_pairwise_distance",
     "ncsn_loss", "ncsn_sigmas", "sigma_overlap", "langevin_step_size", "langevin_variance_ratio",
     "MixtureEpsNetwork", "MixtureTimeClassifier", "mixture_score_model",

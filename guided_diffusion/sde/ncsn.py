@@ -8,7 +8,7 @@
 
       Phi(sqrt(2D) (gamma - 1) + 3 gamma) - Phi(sqrt(2D) (gamma - 1) - 3 gamma) ~ 0.5,
 
-  Phi the standard normal *CDF* (the Persian seed survey calls it a density; it is a probability:
+  Phi the standard normal *CDF* (a probability, not a density:
   for x ~ N(0, sigma_i^2 I), |x| ~ N(sqrt(D) sigma_i, sigma_i^2 / 2) approximately, and the
   expression is P(|x| within 3 std of the shell sqrt(D) sigma_{i-1})). It needs sqrt(2D) > 3,
   i.e. D >= 5. For CIFAR-10 (D = 3072) it gives gamma = 1.0398; the paper's 232 levels from 50
@@ -44,7 +44,7 @@ from scipy import optimize, stats
 from torch import nn
 
 from ..diffusion.prediction import score_from_eps
-from ..sampler_protocol import Generators, PhiloxStreams, randn
+from ..noise import Generators, PhiloxStreams, randn
 from .models import EpsScoreModel
 from .sdes import VESDE, as_time, broadcast
 

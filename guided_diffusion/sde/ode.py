@@ -32,14 +32,15 @@ for data scaled to [0, 1].) With ``num_bins=None`` the data are continuous and b
 from __future__ import annotations
 
 import math
-from typing import Iterator, Literal, Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
 from scipy import integrate
 from tqdm.auto import tqdm
 
-from ..sampler_protocol import Generators, ShapeOrNoise, randn
+from ..noise import Generators, randn
+from ..sampler_protocol import ShapeOrNoise, StepCallback
 from .models import GuidedScore, ScoreModel, check_sde, tweedie_x0
 from .samplers import start
 from .sdes import SDE, as_time, broadcast
@@ -76,16 +77,19 @@ class _Flat:
         return x.detach().to("cpu", torch.float64).numpy().reshape(-1)
 
 
-def ode_sample_progressive(score_model: ScoreModel, sde: Optional[SDE], shape_or_noise: ShapeOrNoise, *,
-                           y: Optional[torch.Tensor] = None, guidance=None, rtol: float = 1e-5, atol: float = 1e-5,
-                           method: Method = "RK45", eps: Optional[float] = None, denoise: bool = True,
-                           generator: Generators = None, progress: bool = True, device=None) -> Iterator[dict]:
+def ode_sample(score_model: ScoreModel, sde: Optional[SDE], shape_or_noise: ShapeOrNoise, *,
+               y: Optional[torch.Tensor] = None, guidance=None, rtol: float = 1e-5, atol: float = 1e-5,
+               method: Method = "RK45", eps: Optional[float] = None, denoise: bool = True,
+               generator: Generators = None, progress: bool = True, callback: StepCallback = None,
+               device=None) -> torch.Tensor:
     """Sample by solving the probability-flow ODE from t = 1 to ``eps`` with an adaptive solver.
 
-    Arguments as :func:`~.samplers.pc_sample_progressive`, plus ``rtol``/``atol`` and ``method``
-    of the scipy solver; ``generator`` only draws x_1 (the ODE is deterministic). Yields after every
-    accepted solver step ``{"sample", "pred_xstart", "t", "nfe"}``, then the (denoised) final state.
+    Arguments as :func:`~.samplers.pc_sample`, plus ``rtol``/``atol`` and ``method`` of the scipy
+    solver; ``generator`` only draws x_1 (the ODE is deterministic). ``callback`` is called after
+    every accepted solver step with ``{"i", "t", "sample", "pred_xstart", "nfe"}`` (``nfe``: network
+    evaluations so far), then once more with the (denoised) final state at ``eps``.
     ``pred_xstart`` comes free from the solver's last stage (first-same-as-last), not extra calls.
+    Returns the state at ``eps``, denoised (Tweedie) if ``denoise``.
     """
     _check_tolerances(rtol, atol, method)
     sde = check_sde(score_model, sde)
@@ -106,6 +110,7 @@ def ode_sample_progressive(score_model: ScoreModel, sde: Optional[SDE], shape_or
         return tweedie_x0(xt, score, sde, t)
 
     solver = _SOLVERS[method](velocity, 1.0, _Flat.numpy(x), t_end, rtol=rtol, atol=atol)
+    step = 0
     with tqdm(total=1.0 - t_end, desc="probability-flow ode", disable=not progress, leave=False) as bar:
         while solver.status == "running":
             t_before = solver.t
@@ -113,19 +118,16 @@ def ode_sample_progressive(score_model: ScoreModel, sde: Optional[SDE], shape_or
             if solver.status == "failed":
                 raise RuntimeError(f"the ODE solver failed at t = {solver.t:.4g}: {message}")
             bar.update(t_before - solver.t)
-            yield {"sample": flat.tensor(solver.y), "pred_xstart": x0_from(solver.y, solver.f, solver.t),
-                   "t": float(solver.t), "nfe": score_fn.nfe}
+            if callback is not None:
+                callback({"i": step, "t": float(solver.t), "sample": flat.tensor(solver.y),
+                          "pred_xstart": x0_from(solver.y, solver.f, solver.t), "nfe": score_fn.nfe})
+            step += 1
     final = flat.tensor(solver.y)
     x0 = tweedie_x0(final, score_fn(final, t_end), sde, t_end)
-    yield {"sample": x0 if denoise else final, "pred_xstart": x0, "t": t_end, "nfe": score_fn.nfe}
-
-
-def ode_sample(score_model, sde, shape_or_noise, **options) -> torch.Tensor:
-    """The final sample of :func:`ode_sample_progressive` (same arguments)."""
-    final = None
-    for final in ode_sample_progressive(score_model, sde, shape_or_noise, **options):
-        pass
-    return final["sample"]
+    result = x0 if denoise else final
+    if callback is not None:
+        callback({"i": step, "t": t_end, "sample": result, "pred_xstart": x0, "nfe": score_fn.nfe})
+    return result
 
 
 def _probes(kind: Probe, like: torch.Tensor, count: int, generator: Generators) -> list[torch.Tensor]:
@@ -234,4 +236,4 @@ def ode_encode(score_model: ScoreModel, sde: Optional[SDE], x: torch.Tensor, *, 
     return {"z": flat.tensor(solution.y[:, -1]), "nfe": score_fn.nfe}
 
 
-__all__ = ["Method", "Probe", "flow_drift", "ode_sample", "ode_sample_progressive", "ode_likelihood", "ode_encode"]
+__all__ = ["Method", "Probe", "flow_drift", "ode_sample", "ode_likelihood", "ode_encode"]

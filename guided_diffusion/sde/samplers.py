@@ -1,11 +1,11 @@
 """Reverse-SDE samplers: Euler–Maruyama, reverse diffusion, Langevin correction, and annealed Langevin.
 
-All share one signature (k-diffusion style, DESIGN §8 with a score model in place of a denoiser):
+All share one signature (k-diffusion's, with a score model in place of a denoiser):
 
     sampler(score_model, sde, shape | x_T, *, y=None, guidance=None, steps=..., generator=None,
-            progress=True, **options) -> Tensor
+            progress=True, callback=None, **options) -> Tensor
 
-with ``*_progressive`` variants yielding ``{"sample", "pred_xstart", "t"}`` (t continuous).
+``callback`` is called after every step with ``{"i", "t", "sample", "pred_xstart"}`` (t continuous).
 ``sde=None`` takes the score model's own SDE. The reverse SDE (Anderson 1982; Song et al. 2021)
 
     dx = [f(t) x - g(t)^2 (grad log p_t(x) + s grad log p_t(y | x))] dt + g(t) dw_bar
@@ -24,14 +24,11 @@ is integrated from t = 1 to ``eps`` on a uniform grid of ``steps`` steps (or the
 
   What the rule does, in closed form: on a Gaussian p_t = N(mu, s^2 I) the corrector alone is unadjusted
   Langevin with stationary variance v = s^2 / (1 - e / (2 s^2)); with |score| = |x - mu| / s^2 and norms that
-  concentrate (|z|^2 = D, |x - mu|^2 = D v) this gives v = s^2 (1 + r_snr^2): 1.3% wider in std at the paper's
-  r = 0.16, a bias the next predictor steps shrink. The rule assumes that concentration. In 2-d it fails for
-  per-sample norms: a sample near a mode has |score| ~ 0, gets a step of many s^2 and is thrown out, so the
-  corrector alone spreads a 2-d Gaussian 7x (r = 0.16) and PC samples of the 2-d oracle come out 2.5-3x too
-  wide (std 0.27-0.30 for 0.10; measured, VE and VP, 200 steps), while the predictors alone and batch norms
-  give 0.094-0.100. That is this known low-dimension behaviour, not a step-size error: in D = 48 and
-  D = 768 (a 3x16x16 image) per-sample and batch norms agree and give sqrt(1 + r^2) s (tested in
-  ``tests/test_sde_samplers.py``).
+  concentrate (|z|^2 = D, |x - mu|^2 = D v) this gives v = s^2 (1 + r_snr^2), sqrt(1 + r^2) s in std, a bias
+  the next predictor steps shrink. The rule assumes that concentration. In very low dimension it fails for
+  per-sample norms: a sample near a mode has |score| ~ 0, gets a step of many s^2 and is thrown out, so PC
+  samples of 2-d data come out several times too wide, while the predictors alone and batch norms do not.
+  In image dimensions per-sample and batch norms agree and give sqrt(1 + r^2) s.
 
 Guidance enters only through the score (:class:`~.models.GuidedScore`): classifier guidance adds
 ``guidance.score_shift(x, t_model, y)``, classifier-free guidance wraps the network. After the last
@@ -40,11 +37,12 @@ step, ``denoise`` replaces x by Tweedie's E[x_0 | x_eps] = (x + sigma^2 score) /
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import torch
 
-from ..sampler_protocol import Generators, ShapeOrNoise, last, model_device, randn, steps_with_progress
+from ..noise import Generators, randn
+from ..sampler_protocol import ShapeOrNoise, StepCallback, check_labels, model_device, steps_with_progress
 from .models import GuidedScore, ScoreModel, check_sde, tweedie_x0
 from .sdes import SDE, as_time, broadcast
 
@@ -77,11 +75,7 @@ def start(score_model, sde: SDE, shape_or_noise: ShapeOrNoise, y, generator: Gen
     else:
         network = getattr(score_model, "network", score_model)
         x = sde.prior_sample(shape_or_noise, generator, device=device or model_device(network))
-    if y is not None:
-        y = torch.as_tensor(y, device=x.device)
-        if y.shape != (x.shape[0],):
-            raise ValueError(f"y must hold one label per sample: shape {tuple(y.shape)} for a batch of {x.shape[0]}")
-    return x, y
+    return x, check_labels(y, x)
 
 
 def check_snr(snr: float) -> float:
@@ -125,13 +119,13 @@ def predictor_step(kind: Predictor, sde: SDE, x: torch.Tensor, score: torch.Tens
 
 
 # ---------------------------------------------------------------------------------------------- PC sampler
-def pc_sample_progressive(score_model: ScoreModel, sde: Optional[SDE], shape_or_noise: ShapeOrNoise, *,
-                          y: Optional[torch.Tensor] = None, guidance=None, steps: Optional[int] = None,
-                          predictor: Predictor = "reverse_diffusion", corrector: Corrector = "langevin",
-                          snr: float = 0.16, corrector_steps: int = 1, langevin_norms: NormKind = "sample",
-                          eps: Optional[float] = None,
-                          times: Optional[Sequence[float]] = None, denoise: bool = True,
-                          generator: Generators = None, progress: bool = True, device=None) -> Iterator[dict]:
+def pc_sample(score_model: ScoreModel, sde: Optional[SDE], shape_or_noise: ShapeOrNoise, *,
+              y: Optional[torch.Tensor] = None, guidance=None, steps: Optional[int] = None,
+              predictor: Predictor = "reverse_diffusion", corrector: Corrector = "langevin",
+              snr: float = 0.16, corrector_steps: int = 1, langevin_norms: NormKind = "sample",
+              eps: Optional[float] = None, times: Optional[Sequence[float]] = None, denoise: bool = True,
+              generator: Generators = None, progress: bool = True, callback: StepCallback = None,
+              device=None) -> torch.Tensor:
     """Predictor–corrector sampling of the reverse SDE (Algorithms 2–3 of Song et al. 2021).
 
     Args:
@@ -145,14 +139,17 @@ def pc_sample_progressive(score_model: ScoreModel, sde: Optional[SDE], shape_or_
         langevin_norms: ``"sample"``: |z| and |score| of each sample (Algorithm 4, batch-independent);
             ``"batch"``: their batch means (the reference code). In high dimension the two agree
             (both norms concentrate); in low dimension a sample near a mode has |score| ~ 0 and gets
-            a huge step (2-d toy data come out ~3x too wide), so use ``"batch"`` there; see the module
+            a huge step (2-d toy data come out far too wide), so use ``"batch"`` there; see the module
             docstring for the closed form.
         eps: the last time (default ``sde.eps``); ``times``: an explicit decreasing grid instead.
         denoise: end with Tweedie's denoising step at t = eps.
         generator: one torch.Generator, or one per sample (a sample then ignores its batch).
+        progress: show a progress bar.
+        callback: called once per grid time with ``{"i", "t", "sample", "pred_xstart"}``: the state after the
+            step from ``t`` (after the final denoising at the last time) and the Tweedie estimate of x_0 made there.
+        device: where to draw x_1 when a shape is given (default: the network's device).
 
-    Yields one dict per grid time: the state after the step from it (after the final denoising at
-    the last time), the Tweedie estimate of x_0 made there, and the time ``t``.
+    Returns the sample at the last grid time (denoised if ``denoise``).
     """
     _check_choice("predictor", predictor, ("euler_maruyama", "reverse_diffusion", "none"))
     _check_choice("corrector", corrector, ("langevin", "none"))
@@ -180,42 +177,32 @@ def pc_sample_progressive(score_model: ScoreModel, sde: Optional[SDE], shape_or_
         else:
             x0 = tweedie_x0(x, score_fn(x, t), sde, t)
             x = x0 if denoise else x
-        yield {"sample": x, "pred_xstart": x0, "t": float(t)}
-
-
-def pc_sample(score_model, sde, shape_or_noise, **options) -> torch.Tensor:
-    """The final sample of :func:`pc_sample_progressive` (same arguments)."""
-    return last(pc_sample_progressive(score_model, sde, shape_or_noise, **options))
-
-
-def euler_maruyama_sample_progressive(score_model, sde, shape_or_noise, **options) -> Iterator[dict]:
-    """Euler–Maruyama on the reverse SDE: :func:`pc_sample_progressive` without a corrector."""
-    return pc_sample_progressive(score_model, sde, shape_or_noise,
-                                 **{"predictor": "euler_maruyama", "corrector": "none", **options})
+        if callback is not None:
+            callback({"i": k, "t": float(t), "sample": x, "pred_xstart": x0})
+    return x
 
 
 def euler_maruyama_sample(score_model, sde, shape_or_noise, **options) -> torch.Tensor:
-    return last(euler_maruyama_sample_progressive(score_model, sde, shape_or_noise, **options))
-
-
-def reverse_diffusion_sample_progressive(score_model, sde, shape_or_noise, **options) -> Iterator[dict]:
-    """The reverse-diffusion predictor alone (ancestral-like sampling of any SDE)."""
-    return pc_sample_progressive(score_model, sde, shape_or_noise,
-                                 **{"predictor": "reverse_diffusion", "corrector": "none", **options})
+    """Euler–Maruyama on the reverse SDE: :func:`pc_sample` with that predictor and no corrector (same arguments)."""
+    return pc_sample(score_model, sde, shape_or_noise,
+                     **{"predictor": "euler_maruyama", "corrector": "none", **options})
 
 
 def reverse_diffusion_sample(score_model, sde, shape_or_noise, **options) -> torch.Tensor:
-    return last(reverse_diffusion_sample_progressive(score_model, sde, shape_or_noise, **options))
+    """The reverse-diffusion predictor alone (ancestral-like sampling of any SDE): :func:`pc_sample` without a
+    corrector (same arguments)."""
+    return pc_sample(score_model, sde, shape_or_noise,
+                     **{"predictor": "reverse_diffusion", "corrector": "none", **options})
 
 
 # ---------------------------------------------------------------------------------------------- annealed Langevin
-def annealed_langevin_sample_progressive(score_model: ScoreModel, sde: Optional[SDE], shape_or_noise: ShapeOrNoise,
-                                         *, y: Optional[torch.Tensor] = None, guidance=None, steps: int = 10,
-                                         steps_per_level: int = 100, step_size: float = 2e-5,
-                                         sigmas: Optional[Sequence[float]] = None, eps: Optional[float] = None,
-                                         times: Optional[Sequence[float]] = None, denoise: bool = True,
-                                         generator: Generators = None, progress: bool = True,
-                                         device=None) -> Iterator[dict]:
+def annealed_langevin_sample(score_model: ScoreModel, sde: Optional[SDE], shape_or_noise: ShapeOrNoise, *,
+                             y: Optional[torch.Tensor] = None, guidance=None, steps: int = 10,
+                             steps_per_level: int = 100, step_size: float = 2e-5,
+                             sigmas: Optional[Sequence[float]] = None, eps: Optional[float] = None,
+                             times: Optional[Sequence[float]] = None, denoise: bool = True,
+                             generator: Generators = None, progress: bool = True, callback: StepCallback = None,
+                             device=None) -> torch.Tensor:
     """Annealed Langevin dynamics (Algorithm 1 of Song & Ermon 2019, NCSN).
 
     For noise levels sigma_1 > ... > sigma_L and T = ``steps_per_level`` steps per level,
@@ -229,9 +216,10 @@ def annealed_langevin_sample_progressive(score_model: ScoreModel, sde: Optional[
     default ``steps`` levels geometric in sigma from sigma(1) to sigma(eps) — for VE these are
     uniform in t and exactly NCSN's geometric sigmas. sigma_i is the marginal std sigma_t at each
     level, so the rule applies to VP and sub-VP SDEs too (sub-VP's sigma(eps = 1e-3) is only 1e-4:
-    end it at a larger sigma there). ``step_size`` must stay below 2 sigma_L^2. Yields one dict per
-    level; the last one is the (denoised) sample, ``pred_xstart`` the Tweedie estimate from the
-    level's last score.
+    end it at a larger sigma there). ``step_size`` must stay below 2 sigma_L^2. The other arguments
+    are :func:`pc_sample`'s; ``callback`` is called once per level with ``{"i", "t", "sample",
+    "pred_xstart"}`` (``pred_xstart``: the Tweedie estimate from the level's last score). Returns the
+    sample after the last level (denoised if ``denoise``).
     """
     if not isinstance(steps_per_level, int) or steps_per_level < 1:
         raise ValueError(f"steps_per_level must be a positive integer, got {steps_per_level!r}")
@@ -268,27 +256,12 @@ def annealed_langevin_sample_progressive(score_model: ScoreModel, sde: Optional[
         x0 = tweedie_x0(x, score, sde, t)
         if i == len(levels) - 1 and denoise:
             x = x0 = tweedie_x0(x, score_fn(x, t), sde, t)
-        yield {"sample": x, "pred_xstart": x0, "t": float(t)}
-
-
-def annealed_langevin_sample(score_model, sde, shape_or_noise, **options) -> torch.Tensor:
-    """The final sample of :func:`annealed_langevin_sample_progressive` (same arguments)."""
-    return last(annealed_langevin_sample_progressive(score_model, sde, shape_or_noise, **options))
-
-
-#: The samplers of a score model by name, signature ``(score_model, sde, shape | x_T, **options)``. The
-#: probability-flow ODE (:mod:`.ode`) is separate: it is deterministic and adaptive.
-SCORE_SAMPLERS: dict[str, Callable[..., Iterator[dict]]] = {
-    "pc": pc_sample_progressive,  # reverse-diffusion predictor + Langevin corrector
-    "euler-maruyama": euler_maruyama_sample_progressive,
-    "reverse-diffusion": reverse_diffusion_sample_progressive,
-    "annealed-langevin": annealed_langevin_sample_progressive,
-}
+        if callback is not None:
+            callback({"i": i, "t": float(t), "sample": x, "pred_xstart": x0})
+    return x
 
 
 __all__ = [
-    "SCORE_SAMPLERS", "Predictor", "Corrector", "NormKind", "time_grid", "check_snr", "langevin_step", "predictor_step",
-    "pc_sample", "pc_sample_progressive", "euler_maruyama_sample", "euler_maruyama_sample_progressive",
-    "reverse_diffusion_sample", "reverse_diffusion_sample_progressive",
-    "annealed_langevin_sample", "annealed_langevin_sample_progressive",
+    "Predictor", "Corrector", "NormKind", "time_grid", "check_snr", "langevin_step", "predictor_step",
+    "pc_sample", "euler_maruyama_sample", "reverse_diffusion_sample", "annealed_langevin_sample",
 ]

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from ..diffusion.noise_levels import NoiseLevels
-from ..sampler_protocol import randn
+from ..noise import randn
 
 SDEName = Literal["ve", "vp", "subvp"]
 Time = float | torch.Tensor

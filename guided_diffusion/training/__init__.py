@@ -2,11 +2,11 @@
 
 Thin glue over the plain-PyTorch core. Names are imported lazily (``import guided_diffusion.training``
 alone does not import Lightning). Reading the checkpoints these modules write is
-:mod:`guided_diffusion.checkpoints` (no Lightning); the ``gd fit`` CLI is :mod:`guided_diffusion.lightning_cli`.
+:mod:`guided_diffusion.checkpoints` (no Lightning); the ``gd fit`` CLI is :mod:`guided_diffusion.commands.fit`.
 
 - :class:`DiffusionModule` trains an ADM UNet (``NoisyClassifierModule`` lives in ``classifiers.module``);
 - :class:`NCSNModule` trains a noise-conditional score network (NCSN) on the same UNet;
-- :class:`EMA` keeps the EMA weights inside the module;
+- :class:`EMA` keeps the EMA weights inside the module (:class:`EmaOptions`: its rate and schedule);
 - :class:`SampleGridCallback` logs EMA sample grids;
 - :class:`RunCheckpoint` (``ModelCheckpoint`` that also saves the final and the preempted step) and
   :class:`SafeCheckpointIO` (``--ckpt_path`` read with ``weights_only=True``, one-line errors).
@@ -21,6 +21,7 @@ _LAZY = {
     "TrainingModule": "base",
     "build_lr_scheduler": "lr_schedule",
     "EMA": "ema",
+    "EmaOptions": "ema",
     "QuartileMeans": "loss_stats",
     "quartile_means": "loss_stats",
     "SampleGridCallback": "callbacks",

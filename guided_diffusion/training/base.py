@@ -1,10 +1,11 @@
 """What the two training jobs share: AdamW with warm-up and linear anneal, skipping non-finite
 steps, gradient/parameter norm and lr logging, per-rank randomness, all-gathering per-example
-statistics, and the early data/network consistency check.
+statistics, the early data/network consistency check, and the constructor keys that moved into
+option groups (:data:`RENAMED_OPTIONS`, :func:`migrate_hyperparameters` for checkpoints of the flat layout).
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Mapping, Optional
 
 import torch
 from lightning.pytorch import LightningModule
@@ -20,6 +21,45 @@ from .skipped_steps import SkippedSteps, scaler_found_inf
 #: Validation, test and predict noise is seeded from this, the batch index and the rank, so that
 #: evaluation numbers are comparable across epochs and runs.
 VALIDATION_SEED = 2021
+
+#: Constructor arguments of the flat layout that are fields of an option group: ``model.init_args.<old>`` is
+#: ``model.init_args.<new>`` (the EMA: :class:`~.ema.EmaOptions`; the weighting of the MSE term:
+#: :class:`~guided_diffusion.diffusion.weighting.LossWeighting`). ``loss_weighting`` keeps its name
+#: as the group: only its value as a string (the kind) is the old form.
+RENAMED_OPTIONS: dict[str, str] = {
+    "ema_rate": "ema.rate",
+    "ema_warmup": "ema.warmup",
+    "ema_schedule": "ema.schedule",
+    "ema_power_gamma": "ema.power_gamma",
+    "loss_weighting": "loss_weighting.kind",
+    "min_snr_gamma": "loss_weighting.min_snr_gamma",
+    "min_snr_floor": "loss_weighting.min_snr_floor",
+    "p2_gamma": "loss_weighting.p2_gamma",
+    "p2_k": "loss_weighting.p2_k",
+}
+
+
+def is_renamed_option(key: str, value: Any) -> bool:
+    """Whether ``key: value`` among a module's constructor arguments is in the old flat form of
+    :data:`RENAMED_OPTIONS` (a group's own name, ``loss_weighting``, is old unless its value is a mapping)."""
+    new = RENAMED_OPTIONS.get(key)
+    return new is not None and not (new.split(".")[0] == key and isinstance(value, Mapping))
+
+
+def migrate_hyperparameters(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """``hparams`` (a checkpoint's ``hyper_parameters``) with the old flat keys moved into their groups.
+
+    ``{"ema_rate": 0.9999, "loss_weighting": "min-snr", "min_snr_gamma": 5.0, ...}`` becomes
+    ``{"ema": {"rate": 0.9999}, "loss_weighting": {"kind": "min-snr", "min_snr_gamma": 5.0}, ...}``
+    (:data:`RENAMED_OPTIONS`); a group's fields the checkpoint does not hold keep the module's
+    defaults. Other keys, and hyper-parameters already in the grouped form, are kept as they are.
+    """
+    migrated = {key: value for key, value in hparams.items() if not is_renamed_option(key, value)}
+    for key, value in hparams.items():
+        if is_renamed_option(key, value):
+            group, field = RENAMED_OPTIONS[key].split(".")
+            migrated[group] = {**migrated.get(group, {}), field: value}
+    return migrated
 
 
 class TrainingModule(LightningModule):

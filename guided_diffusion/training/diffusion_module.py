@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from ..diffusion import DiffusionConfig, create_timestep_sampler
-from ..diffusion.weighting import MseWeighting, mse_weights
+from ..diffusion.weighting import LossWeighting
 from ..images import to_uint8_nhwc
 from ..nets import UNetConfig
 from ..presets import config_from_dict, get_preset
+from ..sampling.registry import SamplerName
 from .base import LrSchedule, TrainingModule
-from .ema import EMA, EmaSchedule
+from .ema import EMA, EmaOptions
 from .loss_stats import QuartileMeans
 
 
@@ -82,20 +83,11 @@ class DiffusionModule(TrainingModule):
         lr_anneal_steps: decay the LR to 0 at this step (0 = constant, as ADM).
         lr_schedule: shape of that decay: ``"linear"`` (guided-diffusion's ``lr_anneal_steps``) or
             ``"cosine"`` (see :func:`~guided_diffusion.training.lr_schedule.build_lr_scheduler`).
-        ema_rate: EMA rate of the weights used for validation and sampling (ADM: 0.9999).
-        ema_warmup: EMA warm-up of the ``"rate"`` schedule, decay_n = min(ema_rate, (1 + n) / (10 + n)).
-        ema_schedule: ``"rate"`` (ADM: ``ema_rate``, with ``ema_warmup``) or ``"power"`` (EDM2's
-            power-function EMA, decay_n = (1 - 1/(n+1))^(gamma+1), which averages a fixed fraction of
-            any run; see :func:`~guided_diffusion.training.ema.ema_decay`).
-        ema_power_gamma: gamma of the ``"power"`` EMA (6.94: sigma_rel 0.10; larger = shorter memory).
-        loss_weighting: weight w_t of the MSE term, loss = w_t * L_simple (+ L_vlb as in ADM):
-            ``"none"`` (ADM), ``"min-snr"`` (Hang et al. 2023: min(SNR_t, gamma) / SNR_t for eps) or
-            ``"p2"`` (Choi et al. 2022: 1 / (k + SNR_t)^gamma); see :mod:`guided_diffusion.diffusion.weighting`.
-        min_snr_gamma: the SNR cap gamma of ``"min-snr"`` (paper: 5).
-        min_snr_floor: the floor f of ``"min-snr"``'s x0-space weight, max(min(SNR_t, gamma), f)
-            (0: the paper's; 1 keeps the x0 loss at high noise).
-        p2_gamma: the exponent gamma of ``"p2"`` (paper: 0.5 or 1).
-        p2_k: the offset k of ``"p2"`` (paper: 1).
+        ema: the EMA of the weights used for validation and sampling (:class:`EmaOptions`, or a dict of
+            its fields ``rate``, ``warmup``, ``schedule``, ``power_gamma``; ADM: rate 0.9999 with warm-up).
+        loss_weighting: the weight w_t of the MSE term, loss = w_t * L_simple (+ L_vlb as in ADM)
+            (:class:`~guided_diffusion.diffusion.weighting.LossWeighting`, or a dict of its fields:
+            ``kind`` and its parameters; ADM: ``none``).
         timestep_sampler: ``"uniform"`` t, or ``"loss-second-moment"`` importance sampling
             (p_t ~ sqrt(E[L_t^2]), kept identical on all ranks).
         label_dropout: probability of replacing a label by the null class ``num_classes`` (trains
@@ -109,36 +101,33 @@ class DiffusionModule(TrainingModule):
 
     def __init__(self, network: UNetConfig | str = "mnist32_adm", diffusion: Optional[DiffusionConfig] = None,
                  lr: float = 1e-4, weight_decay: float = 0.0, lr_warmup_steps: int = 0, lr_anneal_steps: int = 0,
-                 ema_rate: float = 0.9999, ema_warmup: bool = True,
+                 ema: EmaOptions = EmaOptions(),
                  timestep_sampler: Literal["uniform", "loss-second-moment"] = "loss-second-moment",
                  label_dropout: float = 0.0, max_consecutive_nonfinite: int = 10,
-                 sampler: Literal["ddim", "ddpm", "dpm-solver"] = "ddim", sampling_steps: str = "ddim25",
-                 lr_schedule: LrSchedule = "linear", ema_schedule: EmaSchedule = "rate", ema_power_gamma: float = 6.94,
-                 loss_weighting: MseWeighting = "none", min_snr_gamma: float = 5.0, min_snr_floor: float = 0.0,
-                 p2_gamma: float = 1.0, p2_k: float = 1.0, compile: bool = False, channels_last: bool = False):
+                 sampler: SamplerName = "ddim", sampling_steps: str = "ddim25",
+                 lr_schedule: LrSchedule = "linear", loss_weighting: LossWeighting = LossWeighting(),
+                 compile: bool = False, channels_last: bool = False):
         super().__init__(lr, weight_decay, lr_warmup_steps, lr_anneal_steps, max_consecutive_nonfinite, lr_schedule,
                          compile=compile, channels_last=channels_last)
         config, diffusion_config = resolve_diffusion_network(network, diffusion, label_dropout)
+        ema, loss_weighting = EmaOptions.coerce(ema), LossWeighting.coerce(loss_weighting)
         # Plain values only (dataclasses as dicts): checkpoints then load with weights_only=True.
         # ``_class_path`` lets ``gd validate|test|predict --ckpt_path FILE`` rebuild the module from the file.
         self.save_hyperparameters(dict(
             _class_path=f"{type(self).__module__}.{type(self).__qualname__}",
             network=config.to_dict(), diffusion=dataclasses.asdict(diffusion_config), lr=lr,
             weight_decay=weight_decay, lr_warmup_steps=lr_warmup_steps, lr_anneal_steps=lr_anneal_steps,
-            ema_rate=ema_rate, ema_warmup=ema_warmup, timestep_sampler=timestep_sampler,
-            label_dropout=label_dropout, max_consecutive_nonfinite=max_consecutive_nonfinite,
-            lr_schedule=lr_schedule, ema_schedule=ema_schedule, ema_power_gamma=ema_power_gamma,
-            loss_weighting=loss_weighting, min_snr_gamma=min_snr_gamma, min_snr_floor=min_snr_floor,
-            p2_gamma=p2_gamma, p2_k=p2_k))
+            ema=dataclasses.asdict(ema), timestep_sampler=timestep_sampler, label_dropout=label_dropout,
+            max_consecutive_nonfinite=max_consecutive_nonfinite, lr_schedule=lr_schedule,
+            loss_weighting=dataclasses.asdict(loss_weighting)))
         # (sampler settings are left out: LightningCLI applies a checkpoint's hyper-parameters over
         # the command line, and how to sample is a choice made at sampling time)
         self.config, self.diffusion_config = config, diffusion_config
         self.model = config.build()
-        self.ema = EMA(self.model, ema_rate, ema_warmup, ema_schedule, ema_power_gamma)
+        self.ema = EMA.from_options(self.model, ema)
         self.diffusion = diffusion_config.build()
         self.loss_weighting = loss_weighting
-        weights = mse_weights(self.diffusion.alphas_cumprod, loss_weighting, mean_type=self.diffusion.mean_type,
-                              min_snr_gamma=min_snr_gamma, min_snr_floor=min_snr_floor, p2_gamma=p2_gamma, p2_k=p2_k)
+        weights = loss_weighting.weights(self.diffusion.alphas_cumprod, mean_type=self.diffusion.mean_type)
         # per original timestep; not persistent: it follows from the hyper-parameters
         self.register_buffer("mse_weight_table", torch.as_tensor(weights, dtype=torch.float32), persistent=False)
         self.timestep_sampler = create_timestep_sampler(timestep_sampler, self.diffusion.num_timesteps)
@@ -181,7 +170,7 @@ class DiffusionModule(TrainingModule):
         x, y = batch
         t, weights = self.timestep_sampler.sample(x.shape[0], x.device, generator=self.generator(torch.device("cpu")))
         noise = torch.randn(x.shape, generator=self.generator(x.device), device=x.device, dtype=x.dtype)
-        mse_weight = None if self.loss_weighting == "none" else self.mse_weight_table[t]
+        mse_weight = None if self.loss_weighting.is_uniform else self.mse_weight_table[t]
         terms = self.diffusion.training_losses(self.model, x, t, y=self.model_labels(y, drop=True), noise=noise,
                                                mse_weight=mse_weight, model_kwargs=self.low_res_input(x))
         loss = (terms["loss"] * weights).mean()

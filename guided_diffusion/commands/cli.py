@@ -1,9 +1,10 @@
 """The ``gd`` command.
 
-``gd fit|validate|test|predict`` are LightningCLI subcommands; the product commands
-(``sample``, ``upsample``, ``evaluate``, ``sweep``, ``export``, ``demo``) are plain functions whose signatures are
-the schema (jsonargparse). Each command is registered below by import path so that ``gd --help``
-stays fast and a command's heavy imports happen only when it runs.
+``gd fit|validate|test|predict`` are LightningCLI subcommands; the product commands (``sample``, ``upsample``,
+``evaluate``, ``sweep``, ``export``, ``demo``) are :class:`~guided_diffusion.commands.command.Command` s: a request
+made of option groups (the schema of their command lines) and the function that runs it. Each command is
+registered below by module so that ``gd --help`` stays fast and a command's heavy imports happen only when it
+runs.
 
 Bad input (a missing or malformed file, an impossible setting) ends any command with one line
 ``gd COMMAND: error: ...`` on stderr and exit code 2; ``--debug`` (or ``GD_DEBUG=1``) shows the
@@ -16,17 +17,17 @@ import importlib
 import os
 import sys
 
-#: name -> ("module:function", one line of help). Functions take typed keyword arguments (jsonargparse ``CLI``).
+#: name -> (the module whose ``COMMAND`` it is, one line of help; equal to ``COMMAND.summary``, tested).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("guided_diffusion.demo:demo", "train, guide, sample and score on the embedded MNIST (the main job)"),
-    "sample": ("guided_diffusion.generation.command:sample",
+    "demo": ("guided_diffusion.commands.demo", "train, guide, sample and score on the embedded MNIST (the main job)"),
+    "sample": ("guided_diffusion.commands.sample",
                "class-conditional samples, optionally guided, into resumable shards and an ADM .npz"),
-    "upsample": ("guided_diffusion.generation.upsample:upsample",
+    "upsample": ("guided_diffusion.commands.upsample",
                  "upsample the images of a sample .npz with a super-resolution model (ADM-U)"),
-    "evaluate": ("guided_diffusion.evaluation_command:evaluate",
+    "evaluate": ("guided_diffusion.commands.evaluate",
                  "FID / sFID / IS / precision / recall of a sample .npz against a reference"),
-    "sweep": ("guided_diffusion.sweep:sweep", "sample and evaluate over guidance scales and samplers"),
-    "export": ("guided_diffusion.checkpoints.lightning:export", "a trained .ckpt to the OpenAI .pt layout"),
+    "sweep": ("guided_diffusion.commands.sweep", "sample and evaluate over guidance scales and samplers"),
+    "export": ("guided_diffusion.commands.export", "a trained .ckpt to the OpenAI .pt layout"),
 }
 
 LIGHTNING_SUBCOMMANDS: dict[str, str] = {
@@ -102,19 +103,10 @@ def main(argv: list[str] | None = None, *, one_line_errors: bool | None = None) 
 
 def _run(command: str, rest: list[str], from_command_line: bool) -> None:
     if command in COMMANDS:
-        from jsonargparse import CLI
-
-        if command == "sample":
-            from guided_diffusion.generation.reference_flags import translate, uses_reference_flags
-
-            if uses_reference_flags(rest):
-                rest, note = translate(rest)
-                print(f"gd sample: {note}")
-        module_name, func_name = COMMANDS[command][0].split(":")
-        func = getattr(importlib.import_module(module_name), func_name)
-        CLI(func, args=rest, as_positional=True, prog=f"gd {command}")
+        spec = importlib.import_module(COMMANDS[command][0]).COMMAND
+        spec.run(spec.parse(rest))
         return
-    from guided_diffusion.lightning_cli import lightning_main
+    from guided_diffusion.commands.fit import lightning_main
 
     # None: LightningCLI reads sys.argv itself (DDP re-launches the same command line)
     lightning_main(None if from_command_line else [command, *rest])

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from guided_diffusion.nets.layers import AttentionPool2d, normalization, timestep_embedding, zero_module
-from guided_diffusion.nets.unet import BackboneConfig, resolve_config, build_encoder, check_image, check_timesteps
+from .layers import AttentionPool2d, normalization, timestep_embedding, zero_module
+from .unet import BackboneConfig, resolve_config, build_encoder, check_image, check_timesteps
 
 __all__ = ["POOL_TYPES", "EncoderUNetConfig", "EncoderUNet"]
 

@@ -20,13 +20,13 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from classifiers.module import NoisyClassifierModule  # noqa: F401  (registers the class for --model)
-
-from .data.datamodule import ImageDataModule
-from .training.base import TrainingModule
-from .training.diffusion_module import DiffusionModule  # noqa: F401  (registers the class for --model DiffusionModule)
-from .training.ncsn_module import NCSNModule  # noqa: F401  (registers the class for --model NCSNModule)
-from .training.run_state import SafeCheckpointIO, logged_run_ids, resolve_checkpoint_path
+from ..data.datamodule import ImageDataModule
+from ..training.base import TrainingModule
+from ..training.diffusion_module import DiffusionModule  # noqa: F401  (registers the class for --model DiffusionModule)
+from ..training.ncsn_module import NCSNModule  # noqa: F401  (registers the class for --model NCSNModule)
+# NoisyClassifierModule is named by its full class_path (classifiers.module.NoisyClassifierModule), which
+# jsonargparse imports itself: guided_diffusion never imports classifiers (docs/ARCHITECTURE.md).
+from ..training.run_state import SafeCheckpointIO, logged_run_ids, resolve_checkpoint_path
 
 
 class SaveConfigToLoggers(SaveConfigCallback):
@@ -48,17 +48,46 @@ class GuidedDiffusionCLI(LightningCLI):
                          parser_kwargs={"description": "Train and evaluate guided-diffusion models with Lightning."},
                          args=args, run=run, **kwargs)
 
+    def parse_arguments(self, parser, args) -> None:
+        """Refuse a constructor key that moved into an option group (one line naming the new key), then parse."""
+        import sys
+
+        refuse_renamed_options(sys.argv[1:] if args is None else args)
+        super().parse_arguments(parser, args)
+
     def _parse_ckpt_path(self) -> None:
-        """Check ``--ckpt_path`` (one line naming what is wrong) before Lightning reads its hyper-parameters."""
+        """Check ``--ckpt_path`` (one line naming what is wrong), then apply its hyper-parameters as Lightning does,
+        with the flat keys of a flat-layout checkpoint moved into their option groups."""
+        import sys
+        from pathlib import Path
+
+        from ..torch_files import load_torch_file
+        from ..training.base import migrate_hyperparameters
+
         self._resumed_run_ids: dict[str, str] = {}
         subcommand = self.config.get("subcommand")
-        if subcommand:
-            config = self.config[subcommand]
-            callbacks = (config.get("trainer") or {}).get("callbacks")
-            path = resolve_checkpoint_path(config.get("ckpt_path"), _checkpoint_dirs(callbacks))
-            if path is not None:
-                self._resumed_run_ids = logged_run_ids(path)  # reads it safely (memory-mapped)
-        super()._parse_ckpt_path()
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        callbacks = (config.get("trainer") or {}).get("callbacks")
+        path = resolve_checkpoint_path(config.get("ckpt_path"), _checkpoint_dirs(callbacks))
+        if path is not None:
+            self._resumed_run_ids = logged_run_ids(path)  # reads it safely (memory-mapped)
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():  # as Lightning: ``last`` etc. keep the config's model
+            return
+        checkpoint = load_torch_file(ckpt_path, "--ckpt_path checkpoint", mmap=True)
+        hparams = migrate_hyperparameters(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
 
     def before_instantiate_classes(self) -> None:
         """A resumed fit continues the same W&B run (the id its checkpoint recorded)."""
@@ -77,6 +106,67 @@ class GuidedDiffusionCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not a user's plugin
             trainer.strategy.checkpoint_io = SafeCheckpointIO()
         return trainer
+
+
+def refuse_renamed_options(args: Any) -> None:
+    """Raise ``ValueError`` (one line: each old key and its new place) for a model key of the flat layout.
+
+    Looks for the keys of :data:`~guided_diffusion.training.base.RENAMED_OPTIONS` (``ema_rate`` ->
+    ``ema.rate``, ...) in ``--model.init_args.KEY`` arguments, in the ``model`` section of ``--config``
+    files (also under a subcommand) and of ``--model`` files, and in a dict of arguments.
+    """
+    from collections.abc import Mapping
+    from pathlib import Path
+
+    from ..training.base import RENAMED_OPTIONS, is_renamed_option
+
+    def is_file(value: str) -> bool:
+        try:
+            return Path(value).is_file()
+        except (OSError, ValueError):
+            return False
+
+    def load(value: str) -> Any:
+        try:
+            return yaml.safe_load(Path(value).read_text() if is_file(value) else value)
+        except (OSError, ValueError, yaml.YAMLError):
+            return None  # the parser reports what is wrong with it
+
+    def renamed_in_model(model: Any) -> list[str]:
+        if not isinstance(model, Mapping):
+            return []
+        init_args = model.get("init_args") if isinstance(model.get("init_args"), Mapping) else {}
+        return [key for key, value in [*model.items(), *init_args.items()] if is_renamed_option(key, value)]
+
+    def renamed_in_config(config: Any) -> list[str]:
+        if not isinstance(config, Mapping):
+            return []
+        sections = [config, *(value for value in config.values() if isinstance(value, Mapping))]  # + subcommands
+        return [key for section in sections for key in renamed_in_model(section.get("model"))]
+
+    found: list[tuple[str, str]] = []  # (old key, the file it is in or "")
+    if hasattr(args, "as_dict"):  # a jsonargparse Namespace
+        args = args.as_dict()
+    if isinstance(args, Mapping):
+        found += [(key, "") for key in renamed_in_config(args)]
+    else:
+        args = [str(arg) for arg in args or ()]
+        for i, arg in enumerate(args):
+            name, equals, value = arg.partition("=")
+            if not equals:
+                value = args[i + 1] if i + 1 < len(args) else ""
+            if name in ("-c", "--config"):
+                found += [(key, value if is_file(value) else "") for key in renamed_in_config(load(value))]
+            elif name == "--model":
+                found += [(key, value if is_file(value) else "") for key in renamed_in_model(load(value))]
+            elif name.startswith("--model."):
+                key = name[len("--model."):].removeprefix("init_args.")
+                if is_renamed_option(key, load(value)):
+                    found.append((key, ""))
+    if found:
+        keys, files = dict.fromkeys(key for key, _ in found), dict.fromkeys(where for _, where in found if where)
+        raise ValueError("; ".join(f"model.init_args.{key} was renamed: use model.init_args.{RENAMED_OPTIONS[key]}"
+                                   for key in keys) + (f" (in {', '.join(files)})" if files else ""))
 
 
 def _init_args(component: Any, class_name: str):

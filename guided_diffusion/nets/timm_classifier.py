@@ -18,8 +18,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from guided_diffusion.nets.layers import timestep_embedding, zero_module
-from guided_diffusion.nets.unet import check_image, check_timesteps
+from .layers import timestep_embedding, zero_module
+from .unet import check_image, check_timesteps
 
 __all__ = ["TimmClassifierConfig", "TimmNoisyClassifier"]
 

@@ -22,15 +22,20 @@ from pathlib import Path
 from typing import Literal, Optional, Sequence
 
 import numpy as np
-import torch
 
-from .atomic import atomic_savez, atomic_write_json, check_output_directory
-from .cli_types import GuidanceScale, WandbMode
-
-Precision = Literal["auto", "32-true", "bf16-mixed"]
+from ..atomic import atomic_savez, atomic_write_json, check_output_directory
+from ..evaluation.options import EvaluationOptions
+from ..generation.request import NetworkFiles, OutputOptions, PlanOptions
+from ..guidance import GuidanceOptions, GuidanceScale, check_scale
+from ..launch import LaunchOptions, resolve_precision
+from ..recipes import config_path
+from ..sampling.options import SamplerOptions
+from ..tracking import TrackingOptions, WandbMode
+from .command import Command
+from .sweep import SweepPoints, SweepRequest, run_sweep
 
 #: The demo's recipes: the ``gd fit`` configs it trains from (one source of truth for the recipe).
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "mnist"
+CONFIGS = config_path("mnist")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,21 +62,11 @@ class DemoPreset:
 
 
 DEMO_PRESETS: dict[str, DemoPreset] = {
-    # ~11.7 min on 2 AVX2 cores: 380 x 0.92 s + 320 x 0.45 s of training, 2 x 500 samples at DDIM-15
+    # the main job: a short training of both networks, 500 samples per scale at DDIM-15 (timings: docs/demo.md)
     "default": DemoPreset(diffusion_steps=380, classifier_steps=320),
-    # ~45 min on 2 AVX2 cores: 2000 x 0.93 s + 800 x 0.41 s of training, 2 x 1000 samples at DDIM-20
+    # the same recipe trained longer, 1000 samples per scale at DDIM-20 (timings: docs/demo.md)
     "long": DemoPreset(diffusion_steps=2000, classifier_steps=800, num_samples=1000, steps="ddim20"),
 }
-
-
-def default_precision() -> str:
-    """bf16 autocast where the CPU has native bf16 (AVX512-BF16 / AMX): ~1.5-2x faster training.
-
-    Without it (e.g. AVX2-only CPUs) bf16 convolutions are emulated and ~15-40x *slower* (measured
-    with torch 2.14 on an AVX2 EPYC), so the answer is then fp32.
-    """
-    supported = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    return "bf16-mixed" if supported() else "32-true"
 
 
 def frame_mean(images: np.ndarray, width: int = 2) -> float:
@@ -82,7 +77,8 @@ def frame_mean(images: np.ndarray, width: int = 2) -> float:
 
 
 def train_from_config(config: str | Path, output: Path, name: str, max_steps: int, *, overrides: Sequence[str] = (),
-                      precision: str = "auto", wandb: WandbMode = "offline", seed: int = 0) -> tuple[Path, bool]:
+                      precision: str = "auto", wandb: WandbMode = "offline", project: str = "guided-diffusion-demo",
+                      seed: int = 0, accelerator: str = "cpu") -> tuple[Path, bool]:
     """Fit the model and data of the ``gd fit`` config ``config`` for ``max_steps`` steps into ``output/name``.
 
     The recipe (model, data, precision, clipping) is the config's, parsed by the CLI's own parser;
@@ -90,14 +86,15 @@ def train_from_config(config: str | Path, output: Path, name: str, max_steps: in
     its learning rate over its whole run (``lr_anneal_steps == trainer.max_steps``), the anneal
     follows ``max_steps`` (and a warm-up longer than the run shrinks to half of it). The demo owns
     where the run writes: checkpoints every 100 steps and at the end (``<name>/last.ckpt``, resumed
-    from when present), W&B (offline by default).
+    from when present), W&B (offline by default). ``precision``: ``config`` (the config's), ``auto`` (bf16 where
+    it is native) or a Lightning precision.
 
     Returns ``<name>.ckpt`` and whether it was trained now (``False``: an existing one is reused).
     """
     import lightning as L
 
-    from .lightning_cli import load_recipe
-    from .training.run_state import RunCheckpoint, SafeCheckpointIO, logged_run_ids
+    from .fit import load_recipe
+    from ..training.run_state import RunCheckpoint, SafeCheckpointIO, logged_run_ids
 
     output = Path(output)
     final = output / f"{name}.ckpt"
@@ -113,7 +110,7 @@ def train_from_config(config: str | Path, output: Path, name: str, max_steps: in
             follow.append(f"--model.init_args.lr_warmup_steps={max_steps // 2}")
         module, data, settings_now = load_recipe(config, [*overrides, *follow])
     configured = settings_now.pop("precision", "32-true")
-    precision = configured if precision == "config" else default_precision() if precision == "auto" else precision
+    precision = configured if precision == "config" else resolve_precision(precision, accelerator)
     directory = output / name
     last = directory / "last.ckpt"
     logger = False
@@ -121,10 +118,10 @@ def train_from_config(config: str | Path, output: Path, name: str, max_steps: in
         from lightning.pytorch.loggers import WandbLogger
 
         run_id = logged_run_ids(last).get("wandb") if last.exists() else None  # a resumed run continues its W&B run
-        logger = WandbLogger(project="guided-diffusion-demo", name=f"mnist-{name}", save_dir=str(output),
+        logger = WandbLogger(project=project, name=f"mnist-{name}", save_dir=str(output),
                              offline=wandb == "offline", id=run_id, resume="allow" if run_id else None)
     L.seed_everything(seed, verbose=False)
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, logger=logger,
+    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=logger,
                         callbacks=[RunCheckpoint(dirpath=directory, every_n_train_steps=100, save_last=True)],
                         plugins=[SafeCheckpointIO()],
                         limit_val_batches=0, num_sanity_val_steps=0, log_every_n_steps=20,
@@ -144,7 +141,7 @@ def train_from_config(config: str | Path, output: Path, name: str, max_steps: in
 
 def write_reference(path: Path) -> Path:
     """The held-out MNIST-5k digits (the training data module's validation split) as an ADM ``.npz``."""
-    from .data.datasets import load_mnist5k, stratified_split
+    from ..data.datasets import load_mnist5k, stratified_split
 
     if not path.exists():
         images, labels = load_mnist5k(32)
@@ -178,7 +175,7 @@ def made_by_an_earlier_version(directory: Path) -> bool:
     demo samples it again rather than refusing it)."""
     import json
 
-    from .generation.shards import LAYOUT, MANIFEST
+    from ..generation.shards import LAYOUT, MANIFEST
 
     for manifest in directory.rglob(MANIFEST):
         try:
@@ -189,96 +186,142 @@ def made_by_an_earlier_version(directory: Path) -> bool:
     return False
 
 
-def demo(output: str = "outputs/demo", preset: Literal["default", "long"] = "default",
-         diffusion_config: Optional[str] = None, classifier_config: Optional[str] = None,
-         diffusion_steps: Optional[int] = None, classifier_steps: Optional[int] = None,
-         scales: Sequence[GuidanceScale] = (), default_scale: Optional[GuidanceScale] = None,
-         sampler: Optional[str] = None, steps: Optional[str] = None, num_samples: Optional[int] = None,
-         batch_size: Optional[int] = None, classifier_batch_size: Optional[int] = None,
-         precision: Literal["auto", "config", "32-true", "bf16-mixed"] = "auto", seed: int = 0,
-         retrain: bool = False, wandb: WandbMode = "offline") -> dict:
-    """Train a small guided diffusion model on the embedded MNIST-5k, sample and score every guidance scale.
-
-    The recipes are the ``gd fit`` configs ``configs/mnist/diffusion.yaml`` and
-    ``configs/mnist/classifier.yaml``; ``preset`` says how long to train and how much to sample
-    (``default``: the ~10-minute main job; ``long``: ~45 minutes). Every other argument, when
-    given, overrides the preset.
+@dataclasses.dataclass(frozen=True)
+class DemoOptions:
+    """Demo: how long the main job trains and what it scores (the recipes are the ``gd fit`` configs).
 
     Args:
         output: directory of checkpoints, samples, grids and ``results.json``.
-        preset: ``default`` or ``long`` (see :data:`DEMO_PRESETS`).
+        preset: ``default`` (the main job) or ``long`` (the same recipe trained longer); see :data:`DEMO_PRESETS`.
         diffusion_config: ``gd fit`` config of the diffusion model (default: the MNIST one).
         classifier_config: ``gd fit`` config of the noise-aware classifier (default: the MNIST one).
-        diffusion_steps: training steps of the diffusion model.
-        classifier_steps: training steps of the noise-aware classifier.
+        diffusion_steps: training steps of the diffusion model (default: the preset's).
+        classifier_steps: training steps of the noise-aware classifier (default: the preset's).
         scales: classifier-guidance scales to sample and score (empty: the preset's).
         default_scale: the scale whose 10x10 grid is shown (``grid.png``) and reported first.
-        sampler: ``ddim``, ``ddpm`` or ``dpm-solver``.
-        steps: sampling steps / respacing (e.g. ``ddim50``, ``250``, ``20``).
         num_samples: samples per scale, classes balanced (FID on fewer than a few hundred is noise).
         batch_size: training batch size of the diffusion model (default: the config's).
         classifier_batch_size: training batch size of the classifier (default: the config's).
-        precision: ``auto`` = bf16 autocast when the CPU has native bf16, else fp32; ``config`` =
-            the configs' ``trainer.precision``.
         seed: seed of training and sampling.
         retrain: train again even if checkpoints exist.
-        wandb: W&B logging of the training runs (``offline`` writes under ``output/wandb``).
     """
-    from .sweep import sweep
 
-    if preset not in DEMO_PRESETS:
-        raise ValueError(f"unknown demo preset {preset!r}; choose from {sorted(DEMO_PRESETS)}")
-    chosen = DEMO_PRESETS[preset]
-    diffusion_steps = diffusion_steps or chosen.diffusion_steps
-    classifier_steps = classifier_steps or chosen.classifier_steps
-    scales = list(scales or chosen.scales)
-    default_scale = chosen.default_scale if default_scale is None else default_scale
-    if default_scale not in scales:
-        scales.append(default_scale)
-    sampler, steps = sampler or chosen.sampler, steps or chosen.steps
-    num_samples = num_samples or chosen.num_samples
-    configs = {"diffusion": Path(diffusion_config or CONFIGS / "diffusion.yaml"),
-               "classifier": Path(classifier_config or CONFIGS / "classifier.yaml")}
+    output: str = "outputs/demo"
+    preset: Literal["default", "long"] = "default"
+    diffusion_config: Optional[str] = None
+    classifier_config: Optional[str] = None
+    diffusion_steps: Optional[int] = None
+    classifier_steps: Optional[int] = None
+    scales: Sequence[GuidanceScale] = ()
+    default_scale: Optional[GuidanceScale] = None
+    num_samples: Optional[int] = None
+    batch_size: Optional[int] = None
+    classifier_batch_size: Optional[int] = None
+    seed: int = 0
+    retrain: bool = False
+
+    def __post_init__(self):
+        if self.preset not in DEMO_PRESETS:
+            raise ValueError(f"unknown demo preset {self.preset!r}; choose from {sorted(DEMO_PRESETS)}")
+        object.__setattr__(self, "scales", tuple(check_scale(scale) for scale in self.scales))
+        for name in ("diffusion_steps", "classifier_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_samples is not None and self.num_samples < 10:
+            raise ValueError(f"num_samples must be >= 10, got {self.num_samples}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoRequest:
+    """A ``gd demo`` run."""
+
+    demo: DemoOptions = dataclasses.field(default_factory=DemoOptions)
+    guidance: GuidanceOptions = dataclasses.field(default_factory=GuidanceOptions)
+    sampler: SamplerOptions = dataclasses.field(default_factory=SamplerOptions)
+    launch: LaunchOptions = dataclasses.field(default_factory=lambda: LaunchOptions("cpu", precision="auto"))
+    tracking: TrackingOptions = dataclasses.field(
+        default_factory=lambda: TrackingOptions(wandb_project="guided-diffusion-demo"))
+
+    def __post_init__(self):
+        if self.launch.world_size > 1:
+            raise ValueError("gd demo runs on one device (--devices 1 --num_nodes 1)")
+
+    def sweep(self, diffusion_ckpt: Path, classifier_ckpt: Path, reference: Path, output: Path) -> SweepRequest:
+        """The ``gd sweep`` request of the demo's sampling and scoring."""
+        chosen = DEMO_PRESETS[self.demo.preset]
+        scales = list(self.demo.scales or chosen.scales)
+        if self.default_scale not in scales:
+            scales.append(self.default_scale)
+        sampler = self.sampler
+        steps = sampler.steps or (chosen.steps if sampler.sampler == chosen.sampler else sampler.resolved_steps)
+        tracking = dataclasses.replace(self.tracking, log_artifacts=False)
+        return SweepRequest(
+            str(diffusion_ckpt), str(reference), OutputOptions(str(output), progress=False),
+            SweepPoints(scales=tuple(scales), samplers=(sampler.sampler,), steps=(steps,)),
+            NetworkFiles(classifier=str(classifier_ckpt)), self.guidance, sampler,
+            PlanOptions(num_samples=self.demo.num_samples or chosen.num_samples, batch_size=50, classes="all",
+                        seed=self.demo.seed),
+            evaluation=EvaluationOptions(features="mnist"),
+            launch=dataclasses.replace(self.launch, precision=self.launch.resolved_precision), tracking=tracking)
+
+    @property
+    def default_scale(self) -> float:
+        chosen = DEMO_PRESETS[self.demo.preset]
+        return chosen.default_scale if self.demo.default_scale is None else self.demo.default_scale
+
+
+def run_demo(request: DemoRequest) -> dict:
+    """Train a small guided diffusion model on the embedded MNIST-5k, sample and score every guidance scale.
+
+    The recipes are the ``gd fit`` configs ``configs/mnist/diffusion.yaml`` and ``configs/mnist/classifier.yaml``;
+    ``--preset`` says how long to train and how much to sample (``default``: the main job; ``long``: the
+    same recipe trained longer). Every other option, when given, overrides the preset.
+    """
+    options = request.demo
+    chosen = DEMO_PRESETS[options.preset]
+    diffusion_steps = options.diffusion_steps or chosen.diffusion_steps
+    classifier_steps = options.classifier_steps or chosen.classifier_steps
+    configs = {"diffusion": Path(options.diffusion_config or CONFIGS / "diffusion.yaml"),
+               "classifier": Path(options.classifier_config or CONFIGS / "classifier.yaml")}
     for name, path in configs.items():
         if not path.is_file():
             raise FileNotFoundError(f"the {name} config {str(path)!r} does not exist")
-    if diffusion_steps < 1 or classifier_steps < 1 or num_samples < 10:
-        raise ValueError("diffusion_steps and classifier_steps must be >= 1 and num_samples >= 10")
-
     started = time.perf_counter()
-    out = check_output_directory(output)
+    out = check_output_directory(options.output)
     out.mkdir(parents=True, exist_ok=True)
-    precision = default_precision() if precision == "auto" else precision
-    if retrain:
+    precision = request.launch.resolved_precision
+    if options.retrain:
         for name in ("diffusion", "classifier"):
             (out / f"{name}.ckpt").unlink(missing_ok=True)
             shutil.rmtree(out / name, ignore_errors=True)
+    wandb = request.tracking.wandb_mode if request.tracking.enabled else "disabled"
     diffusion_ckpt, classifier_ckpt, trained = train_demo_models(
         out, diffusion_steps, classifier_steps, diffusion_config=configs["diffusion"],
-        classifier_config=configs["classifier"], batch_size=batch_size, classifier_batch_size=classifier_batch_size,
-        precision=precision, wandb=wandb, seed=seed)
+        classifier_config=configs["classifier"], batch_size=options.batch_size,
+        classifier_batch_size=options.classifier_batch_size, precision=precision, wandb=wandb,
+        project=request.tracking.wandb_project or "guided-diffusion-demo", seed=options.seed,
+        accelerator=request.launch.accelerator)
     if trained or made_by_an_earlier_version(out / "sweep"):
         shutil.rmtree(out / "sweep", ignore_errors=True)  # samples of the previous networks or of an older layout
     trained_seconds = time.perf_counter() - started
     reference = write_reference(out / "mnist_reference.npz")
-    swept = sweep(str(diffusion_ckpt), str(reference), str(out / "sweep"), scales=scales, samplers=[sampler],
-                  steps=[steps], classifier=str(classifier_ckpt), classes="all", num_samples=num_samples,
-                  batch_size=50, seed=seed, precision="32-true" if precision == "config" else precision,
-                  accelerator="cpu", features="mnist", progress=False)
+    sweep = request.sweep(diffusion_ckpt, classifier_ckpt, reference, out / "sweep")
+    swept = run_sweep(sweep)
     rows = swept["rows"]
     for row in rows:
         row["border"] = frame_mean(np.load(row["samples"])["arr_0"])
+    default_scale = request.default_scale
     shown = next(row for row in rows if row["scale"] == default_scale)
-    grid = Path(shown["samples"]).parent / "grid.png"
-    shutil.copyfile(grid, out / "grid.png")
-    summary = {"preset": preset, "diffusion_checkpoint": str(diffusion_ckpt),
+    shutil.copyfile(Path(shown["samples"]).parent / "grid.png", out / "grid.png")
+    sampler, steps = sweep.points.samplers[0], sweep.points.steps[0]
+    summary = {"preset": options.preset, "diffusion_checkpoint": str(diffusion_ckpt),
                "classifier_checkpoint": str(classifier_ckpt), "diffusion_steps": diffusion_steps,
                "classifier_steps": classifier_steps, "sampler": sampler, "steps": steps, "precision": precision,
-               "num_samples": num_samples, "default_scale": default_scale, "rows": rows,
+               "num_samples": sweep.plan.num_samples, "default_scale": default_scale, "rows": rows,
                "grid": str(out / "grid.png"), "grid_scale": default_scale,
                "training_seconds": round(trained_seconds, 1), "seconds": round(time.perf_counter() - started, 1)}
     atomic_write_json(out / "results.json", summary)
-    print(f"\n[demo] {sampler} {steps}, {num_samples} samples per scale (classes balanced), scored by an "
+    print(f"\n[demo] {sampler} {steps}, {sweep.plan.num_samples} samples per scale (classes balanced), scored by an "
           "independent MNIST CNN (digit-recognizer-py) against held-out real digits")
     print(f"{'scale':>7} {'accuracy':>9} {'FID':>8} {'IS':>6} {'prec.':>6} {'recall':>6} {'border':>7}  grid")
     for row in rows:
@@ -288,3 +331,17 @@ def demo(output: str = "outputs/demo", preset: Literal["default", "long"] = "def
     print(f"[demo] grid of scale {default_scale:g}: {out / 'grid.png'}; sweep plot: {out / 'sweep' / 'sweep.png'}; "
           f"{summary['seconds']:.0f} s in all")
     return summary
+
+
+COMMAND = Command("demo", "train, guide, sample and score on the embedded MNIST (the main job)", DemoRequest,
+                  run_demo, skip=frozenset({"guidance.scale", "guidance.schedule", "guidance.guidance_interval",
+                                            "launch.devices", "launch.num_nodes", "launch.strategy",
+                                            "launch.timeout_minutes", "launch.compile", "launch.channels_last",
+                                            "tracking.log_artifacts"}),
+                  renamed={"wandb": "wandb_mode", "scale": "scales"})
+
+
+def demo(**options) -> dict:
+    """``gd demo`` from Python: ``demo(output="outputs/demo", diffusion_steps=100)``; ``options`` are the
+    command's options by name."""
+    return COMMAND(**options)

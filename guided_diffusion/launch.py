@@ -15,6 +15,8 @@ from typing import Literal
 
 import torch
 
+from .option_groups import check_choices
+
 Precision = Literal["32-true", "bf16-mixed", "16-mixed", "64-true", "auto"]
 Strategy = Literal["auto", "ddp", "ddp_spawn"]
 
@@ -63,6 +65,7 @@ class LaunchOptions:
     channels_last: bool = False
 
     def __post_init__(self):
+        check_choices(self)
         if self.devices < 1 or self.num_nodes < 1:
             raise ValueError(f"devices and num_nodes must be positive, got {self.devices} and {self.num_nodes}")
         if not self.timeout_minutes > 0:
@@ -84,9 +87,21 @@ class LaunchOptions:
         return Fabric(accelerator=self.accelerator, devices=self.devices, num_nodes=self.num_nodes,
                       strategy=self._strategy(), precision=self.resolved_precision)
 
+    def check_available(self) -> None:
+        """The accelerator and devices exist here: checked before any model loads (one line if not)."""
+        try:
+            self.fabric()
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(f"--accelerator {self.accelerator} --devices {self.devices}: {error}") from None
+
+    @property
+    def spawns(self) -> bool:
+        """Whether the processes are started from this one (``ddp_spawn`` with more than one process)."""
+        return self.strategy == "ddp_spawn" and self.world_size > 1
+
     def _strategy(self):
-        if self.strategy == "auto" and self.world_size <= 1:
-            return "auto"
+        if self.world_size <= 1:
+            return "auto"  # one process: nothing to launch, whatever the strategy
         from lightning.fabric.strategies import DDPStrategy
 
         start_method = "spawn" if self.strategy == "ddp_spawn" else "popen"
@@ -97,10 +112,22 @@ def run(launch: LaunchOptions, function, *args):
     """``function(fabric, *args)`` on every process of ``launch``; returns what this process's call returned
     (with ``ddp_spawn``: rank 0's)."""
     fabric = launch.fabric()
-    if launch.strategy == "ddp_spawn" and launch.world_size > 1:
-        return fabric.launch(function, *args)
+    if launch.spawns:
+        return fabric.launch(_call, _Arguments(function, args))
     fabric.launch()
     return function(fabric, *args)
+
+
+class _Arguments:
+    """The function and arguments of a spawned run, as one opaque object: Lightning's spawn launcher rebuilds the
+    dataclasses among its arguments field by field, which frozen ones (a request, a plan) do not allow."""
+
+    def __init__(self, function, args: tuple):
+        self.function, self.args = function, args
+
+
+def _call(fabric, arguments: _Arguments):
+    return arguments.function(fabric, *arguments.args)
 
 
 __all__ = ["Precision", "Strategy", "LaunchOptions", "native_bf16", "resolve_precision", "run"]

@@ -126,6 +126,22 @@ def coerce_group(cls: type, value: Any, what: str, default: Any = None) -> Any:
     raise TypeError(f"{what} must be {cls.__name__} or its dict form, got {value!r}")
 
 
+def check_choices(group: Any) -> None:
+    """Every ``Literal``-typed field of a group holds one of its values (one ``ValueError`` line naming the option):
+    the command line checks them when it parses, this checks them for Python keywords too."""
+    types = field_types(type(group))
+    for field in dataclasses.fields(group):
+        annotation, value = types[field.name], getattr(group, field.name)
+        if typing.get_origin(annotation) is typing.Union:
+            if value is None and type(None) in typing.get_args(annotation):
+                continue
+            literals = [a for a in typing.get_args(annotation) if typing.get_origin(a) is typing.Literal]
+            annotation = literals[0] if literals else annotation
+        if typing.get_origin(annotation) is typing.Literal and value not in typing.get_args(annotation):
+            choices = ", ".join(map(str, typing.get_args(annotation)))
+            raise ValueError(f"--{field.name}: expected one of {choices}, got {value!r}")
+
+
 def flatten(request: Any, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
     """``option name -> value`` of a request (the inverse of :func:`build_request`)."""
     values = {}
@@ -141,4 +157,4 @@ def iter_groups(request: Any) -> Iterator[tuple[str, Any]]:
 
 
 __all__ = ["is_group", "field_types", "groups_of", "flat_names", "default_of", "default_groups", "build_request",
-           "coerce_group", "flatten", "iter_groups"]
+           "coerce_group", "check_choices", "flatten", "iter_groups"]

@@ -133,6 +133,9 @@ def test_a_run_identity_keeps_its_earlier_form():
     ("sample", ["m.ckpt", "--upsampler_steps", "10"], "need --upsampler CKPT"),
     ("sample", ["m.ckpt", "--frobnicate", "1"], "unrecognized arguments: --frobnicate 1"),
     ("sample", ["m.ckpt", "--devices", "0"], "devices and num_nodes must be positive"),
+    ("sample", ["m.ckpt", "--guidance", "classifier"], "classifier guidance needs --classifier PATH"),
+    ("sample", ["m.ckpt", "--schedule", "cosine"], "shape classifier guidance: give --classifier PATH"),
+    ("sample", ["m.ckpt", "--classifier", "c.ckpt", "--guidance", "none"], "a classifier was given but guidance"),
     ("sample", ["m.ckpt", "--wandb_mode", "sometimes"], "--wandb_mode: expected one of offline, online, disabled"),
     ("sample", ["m.ckpt", "--log_artifacts", "true"], "--log_artifacts needs --wandb_project"),
     ("sweep", ["m.ckpt", "r.npz", "--eval_device", "cuda"], "--eval_device is not an option of gd sweep: use --device"),
@@ -143,6 +146,7 @@ def test_a_run_identity_keeps_its_earlier_form():
     ("demo", ["--wandb", "disabled"], "--wandb is not an option of gd demo: use --wandb_mode"),
     ("demo", ["--devices", "2"], "unrecognized arguments: --devices 2"),
     ("demo", ["--preset", "short"], "--preset: expected one of default, long"),
+    ("demo", ["--guidance", "classifier-free"], "a classifier was given but guidance is 'classifier-free'"),
     ("evaluate", ["r.npz", "s.npz", "--log_artifacts", "true", "--wandb_project", "p"],
      "--log_artifacts logs the results JSON: give --output_json PATH"),
     ("evaluate", ["r.npz", "s.npz", "--compile", "true"], "unrecognized arguments: --compile true"),
@@ -161,6 +165,10 @@ def test_python_keywords_are_checked_like_the_command_line():
         command("sweep").request("m.ckpt", "r.npz", scale=2.0)
     with pytest.raises(ValueError, match="--eval_device is not an option here: use --device"):
         command("sweep").request("m.ckpt", "r.npz", eval_device="cpu")
+    with pytest.raises(ValueError, match="--strategy: expected one of auto, ddp, ddp_spawn, got 'dpp'"):
+        command("sample").request("m.ckpt", strategy="dpp")  # a Literal is checked for Python callers too
+    with pytest.raises(ValueError, match="--features: expected one of inception, mnist"):
+        command("evaluate").request("r.npz", "s.npz", features="clip")
     with pytest.raises(TypeError, match="takes 1 positional"):
         command("sample").request("m.ckpt", "out")
 

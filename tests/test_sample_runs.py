@@ -181,3 +181,17 @@ def test_a_sample_run_logs_to_wandb_offline_with_its_grid_cost_and_artifact(chec
     assert artifact["files"] == sorted([result.samples.name, "run.json"])
     assert artifact["metadata"]["inputs"]["checkpoint"]["sha256"] == sha256_of(checkpoints["diffusion"])
     assert artifact["metadata"]["inputs"]["classifier"]["artifact"].startswith("classifier-")
+
+
+def test_ddp_spawn_returns_rank_0s_result_and_equals_one_process(checkpoints, tmp_path):  # noqa: F811
+    """``--strategy ddp_spawn``: the processes are started from this one and rank 0's result comes back; with one
+    device the strategy needs no launch at all."""
+    common = dict(classifier=checkpoints["classifier"], scale=2.0, num_samples=5, batch_size=2, **OPTIONS)
+    one = read(sample(checkpoints["diffusion"], str(tmp_path / "one"), **common).samples)
+    spawned = sample(checkpoints["diffusion"], str(tmp_path / "two"), devices=2, strategy="ddp_spawn",
+                     timeout_minutes=2, **common)
+    assert spawned.samples == tmp_path / "two" / "samples_5x16x16x3.npz" and spawned.cost is not None
+    two = read(spawned.samples)
+    assert np.array_equal(two["arr_0"], one["arr_0"]) and np.array_equal(two["arr_1"], one["arr_1"])
+    single = sample(checkpoints["diffusion"], str(tmp_path / "single"), strategy="ddp_spawn", **common)
+    assert np.array_equal(read(single.samples)["arr_0"], one["arr_0"])

@@ -67,9 +67,14 @@ def test_the_derived_lists_of_other_modules():
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_every_declared_option_is_taken_and_changes_nothing_else(name):
     spec = SAMPLERS[name]
+    default = draw(name)
     for option in sorted(spec.options):
         out = draw(name, **{option: OPTION_VALUES[option]})
         assert out.shape == (3, 2) and torch.isfinite(out).all(), option
+        if option == "timesteps":  # the bridge's grid times are the model's own timesteps: round = interpolate
+            assert torch.equal(out, default), option
+        else:  # the option reaches the sampler
+            assert not torch.equal(out, default), option
 
 
 def test_an_option_of_another_sampler_or_of_none_is_one_clear_line():

@@ -76,7 +76,7 @@ def test_schedule_and_interval_are_sweep_dimensions_with_cost_and_a_pareto_front
     assert any(row["pareto"] == "True" for row in rows)
     assert (tmp_path / "sweep" / "tradeoff.png").stat().st_size > 10_000
     assert (tmp_path / "sweep" / "ddim-ddim4" / "scale-4-linear-t-0-40" / "samples_8x16x16x3.npz").exists()
-    with pytest.raises(ValueError, match="guidance schedule must be one of"):
+    with pytest.raises(ValueError, match=r"--schedules: expected values of constant, linear, cosine, got \['exp'\]"):
         sweep(checkpoints["diffusion"], reference, str(tmp_path / "bad"), classifier=checkpoints["classifier"],
               num_samples=8, schedules=["exp"])
     assert not (tmp_path / "bad").exists()

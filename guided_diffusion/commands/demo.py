@@ -245,6 +245,7 @@ class DemoRequest:
     def __post_init__(self):
         if self.launch.world_size > 1:
             raise ValueError("gd demo runs on one device (--devices 1 --num_nodes 1)")
+        self.guidance.check(has_classifier=True)  # the demo guides with the classifier it trains
 
     def sweep(self, diffusion_ckpt: Path, classifier_ckpt: Path, reference: Path, output: Path) -> SweepRequest:
         """The ``gd sweep`` request of the demo's sampling and scoring."""
@@ -253,7 +254,7 @@ class DemoRequest:
         if self.default_scale not in scales:
             scales.append(self.default_scale)
         sampler = self.sampler
-        steps = sampler.steps or (chosen.steps if sampler.sampler == chosen.sampler else sampler.resolved_steps)
+        steps = sampler.steps or chosen.steps
         tracking = dataclasses.replace(self.tracking, log_artifacts=False)
         return SweepRequest(
             str(diffusion_ckpt), str(reference), OutputOptions(str(output), progress=False),

@@ -56,6 +56,7 @@ def run_evaluate(request: EvaluateRequest) -> dict[str, Any]:
         payload = evaluate_suite(request.ref_batch, request.sample_batch, request.evaluation,
                                  output_json=request.output_json, progress=request.progress)
     else:
+        request.launch.check_available()
         payload = run(request.launch, _evaluate_on_rank, request)
         if payload is None:
             return {}  # a rank other than 0

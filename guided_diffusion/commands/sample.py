@@ -40,6 +40,7 @@ def run_sample(request: SampleRequest) -> SampleResult:
     # Everything that can be wrong is checked here, before any sampling work: the output and that every named
     # file is there and is a PyTorch file (cheap), then the models load.
     check_output_directory(output)
+    request.launch.check_available()
     check_torch_file(request.checkpoint, "diffusion model checkpoint")
     for path, what in ((networks.classifier, "classifier checkpoint"),
                        (request.cascade.upsampler, "upsampler checkpoint")):

@@ -18,7 +18,7 @@ import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence, get_args
 
 import numpy as np
 import torch
@@ -173,6 +173,10 @@ class SweepPoints:
             object.__setattr__(self, name, tuple(str(value) for value in getattr(self, name)))
         if not all((self.scales, self.samplers, self.steps, self.schedules, self.intervals)):
             raise ValueError("scales, samplers, steps, schedules and intervals must each name at least one value")
+        for name, known in (("samplers", get_args(SamplerName)), ("schedules", get_args(ScheduleName))):
+            unknown = [value for value in getattr(self, name) if value not in known]
+            if unknown:
+                raise ValueError(f"--{name}: expected values of {', '.join(known)}, got {unknown}")
 
     def __iter__(self) -> Iterator[tuple[str, str, str, str, float]]:
         """``(sampler, steps, schedule, interval, scale)`` of every point, in order."""
@@ -233,11 +237,13 @@ def run_sweep(request: SweepRequest) -> dict[str, Any]:
     """Sample at each guidance scale (and sampler / step count / schedule / interval) with fixed seeds, evaluate,
     tabulate and plot."""
     evaluation, reference = request.evaluation, request.reference
+    request.launch.check_available()
     reference_info = inspect_npz(reference)  # a bad reference fails before any sampling
     out = check_output_directory(request.output.output)
     extractor = build_feature_extractor(evaluation.features, inception_weights=evaluation.inception_weights,
                                         resize=evaluation.resize, device=torch.device(evaluation.device))
-    stored = read_statistics(reference) if evaluation.features == "inception" else {}
+    stored = read_statistics(reference) if evaluation.use_reference_statistics and evaluation.features == "inception" \
+        else {}
     references = {}
     if reference_info.images is not None:
         cache = resolve_cache(evaluation.reference_cache)
@@ -257,7 +263,8 @@ def run_sweep(request: SweepRequest) -> dict[str, Any]:
             continue
         sample_features = extract_features(extractor, iter_image_batches(run.samples, 64))
         results = compute_metrics(references, sample_features, reference_statistics=stored,
-                                  nearest_k=evaluation.nearest_k, device=torch.device(evaluation.device))
+                                  split_size=evaluation.split_size, nearest_k=evaluation.nearest_k,
+                                  device=torch.device(evaluation.device))
         cost = run.cost.per_sample() if run.cost is not None else {}
         sampler_name, step_spec, schedule, interval, scale = point
         rows.append({"sampler": sampler_name, "steps": step_spec, "schedule": schedule,

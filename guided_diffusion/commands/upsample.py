@@ -30,6 +30,7 @@ def run_upsample(request: UpsampleRequest) -> SampleResult:
     started = time.perf_counter()
     output, networks, plan_options, launch = request.output.output, request.networks, request.plan, request.launch
     check_output_directory(output)
+    launch.check_available()
     check_torch_file(request.upsampler, "upsampler checkpoint")
     model = load_upsampler(request.upsampler, networks.preset, ema=networks.ema)
     config = model.config

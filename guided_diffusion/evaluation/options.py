@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from ..option_groups import check_choices
 from .features import FeatureName, ResizeMode
 from .metrics import DEFAULT_NEAREST_K, DEFAULT_SPLIT_SIZE
 
@@ -44,6 +45,7 @@ class EvaluationOptions:
     reference_cache: Optional[str] = "auto"
 
     def __post_init__(self):
+        check_choices(self)
         if self.batch_size < 1 or self.split_size < 1 or self.nearest_k < 1:
             raise ValueError(f"batch_size, split_size and nearest_k must be positive, got {self.batch_size}, "
                              f"{self.split_size} and {self.nearest_k}")

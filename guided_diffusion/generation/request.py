@@ -13,6 +13,7 @@ from typing import Optional
 from ..guidance import GuidanceOptions
 from ..launch import LaunchOptions
 from ..noise import NOISE_KINDS, NoiseKind
+from ..option_groups import check_choices
 from ..sampling.options import SamplerOptions
 from ..sampling.registry import SamplerName
 from ..tracking import TrackingOptions
@@ -110,6 +111,7 @@ class CascadeOptions:
     upsampler_steps: Optional[str] = None
 
     def __post_init__(self):
+        check_choices(self)
         if self.upsampler is None and (self.upsampler_preset or self.upsampler_sampler or self.upsampler_steps):
             raise ValueError("--upsampler_preset, --upsampler_sampler and --upsampler_steps need --upsampler CKPT")
 
@@ -167,6 +169,7 @@ class SampleRequest:
     def __post_init__(self):
         if self.plan.num_samples is None:
             raise ValueError("gd sample needs --num_samples N")
+        self.guidance.check(has_classifier=self.networks.classifier is not None)
 
 
 @dataclass(frozen=True)

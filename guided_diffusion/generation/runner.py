@@ -142,8 +142,8 @@ class ShardJob:
         """The networks the stages' guidance evaluates (they follow the run to its device)."""
         return [network for stage in self.stages for network in as_guidance(stage.guidance).networks()]
 
-    def sample(self, indices: range, device: torch.device) -> int:
-        """Sample ``indices`` and write their shard (and, for a cascade, the base shard first)."""
+    def sample(self, indices: range, device: torch.device) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """The uint8 NHWC images and the labels of samples ``indices`` (a cascade writes its base shard first)."""
         labels = self.plan.labels(indices)
         on_device = None if labels is None else labels.to(device)
         if self.upsampler is None:
@@ -152,8 +152,7 @@ class ShardJob:
             low_res = from_uint8_nhwc(self._low_res_images(indices, labels, on_device, device)).to(device)
             images = self.upsampler.images(self.plan, indices, on_device, device, low_res=low_res)
             images = to_uint8_nhwc(images.float()).cpu().numpy()
-        write_shard(self.directory, indices, images, None if labels is None else labels.numpy())
-        return len(images)
+        return images, None if labels is None else labels.numpy()
 
     def _low_res_images(self, indices: range, labels: Optional[torch.Tensor], on_device, device) -> np.ndarray:
         """The upsampler's input: the given images, or the base samples (kept from an earlier run, else sampled)."""
@@ -176,9 +175,10 @@ class ShardJob:
         return [(span.start, span.stop) for span in coverage.missing]
 
 
-@dataclass(frozen=True)
+@dataclass
 class SampleResult:
-    """Where a run's outputs are (``None`` on ranks other than 0)."""
+    """Where a run's outputs are (``None`` on ranks other than 0; a plain dataclass: ``ddp_spawn`` copies rank 0's
+    result back to the launching process)."""
 
     samples: Optional[Path]
     grid: Optional[Path]
@@ -224,8 +224,10 @@ def _run_on_rank(fabric, job: ShardJob, settings: dict[str, Any], banner: str, g
         for indices in tqdm(batches_of_rank(work, rank, world), desc=command, disable=not progress or rank != 0):
             begun = time.perf_counter()
             with torch.no_grad(), fabric.autocast():  # guidance differentiates w.r.t. x under enable_grad
-                cost.samples += job.sample(indices, fabric.device)
+                images, labels = job.sample(indices, fabric.device)
+            cost.samples += len(images)
             cost.seconds += time.perf_counter() - begun  # the images are on the host: no pending work
+            write_shard(job.directory, indices, images, labels)
     finally:
         for hook in hooks:
             hook.remove()

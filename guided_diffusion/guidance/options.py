@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional
 
+from ..option_groups import check_choices
 from .kinds import ClassifierFreeGuidance, ClassifierGuidance, Guidance, GuidanceChain
 from .levels import GuidanceScale, IntervalVariable, ScheduleName, check_scale, parse_interval
 
@@ -60,8 +61,7 @@ class GuidanceOptions:
     cfg_interval: Optional[str] = None
 
     def __post_init__(self):
-        if self.guidance not in ("auto", "none", "classifier", "classifier-free"):
-            raise ValueError(f"guidance must be auto, none, classifier or classifier-free, got {self.guidance!r}")
+        check_choices(self)
         object.__setattr__(self, "scale", check_scale(self.scale))
         ClassifierGuidance(_never_called, 1.0, **self._classifier_options())  # its own checks, made once
         parse_interval(self.cfg_interval, "classifier-free guidance interval")
@@ -91,6 +91,27 @@ class GuidanceOptions:
             temperature=self.temperature, gradient_at=self.gradient_at, every=self.guidance_every,
             cfg_scale=self.cfg_scale, cfg_interval=self.cfg_interval))
 
+    def check(self, has_classifier: bool) -> None:
+        """What can be wrong before any model loads: the options against whether a classifier is given."""
+        kind = self.kind_for(has_classifier)
+        cfg_interval = parse_interval(self.cfg_interval, "classifier-free guidance interval")
+        if kind != "classifier" and self.shapes_classifier_guidance:
+            raise ValueError("--schedule, --guidance_interval, --temperature, --gradient_at and --guidance_every "
+                             "shape classifier guidance: give --classifier PATH")
+        if kind == "classifier":
+            if not has_classifier:
+                raise ValueError("classifier guidance needs --classifier PATH")
+            if self.cfg_scale is None and cfg_interval is not None:
+                raise ValueError("--cfg_interval needs classifier-free guidance (--cfg_scale W)")
+            return
+        if has_classifier:
+            raise ValueError(f"a classifier was given but guidance is {kind!r}")
+        if self.cfg_scale is not None:
+            raise ValueError("--cfg_scale combines classifier-free with classifier guidance (give --classifier); "
+                             "for classifier-free guidance alone use --guidance classifier-free --scale W")
+        if kind == "none" and cfg_interval is not None:
+            raise ValueError("--cfg_interval needs classifier-free guidance")
+
     def build(self, classifier: Optional[Callable], null_label: Optional[int]) -> Optional[Guidance]:
         """The guidance object of a run (``None``: unguided).
 
@@ -98,29 +119,16 @@ class GuidanceOptions:
             classifier: the noise-aware classifier ``classifier(x_t, t) -> logits`` (``None``: not given).
             null_label: the model's "no label" index (classifier-free guidance; ``None``: not trained for it).
         """
+        self.check(classifier is not None)
         kind = self.kind_for(classifier is not None)
         cfg_interval = parse_interval(self.cfg_interval, "classifier-free guidance interval")
-        if kind != "classifier" and self.shapes_classifier_guidance:
-            raise ValueError("--schedule, --guidance_interval, --temperature, --gradient_at and --guidance_every "
-                             "shape classifier guidance: give --classifier PATH")
         if kind == "classifier":
-            if classifier is None:
-                raise ValueError("classifier guidance needs --classifier PATH")
             guiding = ClassifierGuidance(classifier, self.scale, **self._classifier_options())
             if self.cfg_scale is None:
-                if cfg_interval is not None:
-                    raise ValueError("--cfg_interval needs classifier-free guidance (--cfg_scale W)")
                 return guiding
             return GuidanceChain([self._classifier_free(self.cfg_scale, cfg_interval, null_label), guiding])
-        if classifier is not None:
-            raise ValueError(f"a classifier was given but guidance is {kind!r}")
-        if self.cfg_scale is not None:
-            raise ValueError("--cfg_scale combines classifier-free with classifier guidance (give --classifier); "
-                             "for classifier-free guidance alone use --guidance classifier-free --scale W")
         if kind == "classifier-free":
             return self._classifier_free(self.scale, cfg_interval, null_label)
-        if cfg_interval is not None:
-            raise ValueError("--cfg_interval needs classifier-free guidance")
         return None
 
     def _classifier_free(self, scale: float, interval, null_label: Optional[int]) -> ClassifierFreeGuidance:

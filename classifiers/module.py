@@ -90,7 +90,7 @@ class NoisyClassifierModule(TrainingModule):
         self.eval_metrics = QuartileMeans(CLASSIFIER_STATS, self.diffusion.num_timesteps)
 
     def setup(self, stage: str) -> None:
-        self.check_data(self.config.image_size, self.config.in_channels, self.config.num_classes)
+        self.check_data()
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Logits for noisy images at original integer timesteps."""

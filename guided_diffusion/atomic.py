@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import Any, BinaryIO, Callable, Mapping, Optional
 
 PathLike = str | os.PathLike
 
@@ -26,6 +26,9 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
+    except OSError as error:  # no space left, a read-only disk...: named by the file being written
+        Path(temporary).unlink(missing_ok=True)
+        raise OSError(error.errno, f"{error.strerror or error} writing", str(path)) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -81,4 +84,46 @@ def check_output_directory(path: PathLike, what: str = "output") -> Path:
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise ValueError(f"{what} {str(path)!r} cannot be written ({reason.lower()})") from None
+    return path
+
+
+def same_file(a: PathLike, b: PathLike) -> bool:
+    """Whether two paths name the same existing file (also through links or ``..``)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_file(path: PathLike, option: str, inputs: Mapping[str, Optional[PathLike]] = {}, *,
+                      ours: Optional[Callable[[Path], bool]] = None, overwrite: bool = False) -> Path:
+    """A file a command is about to write, checked before any work: never one of the command's ``inputs``
+    (``{"the sample batch": path, ...}``), and an existing file only if the command wrote it (``ours(path)``)
+    or ``overwrite`` is set. Creates nothing; raises ``ValueError`` naming ``option`` and what to do."""
+    path = Path(path)
+    for what, source in inputs.items():
+        if source is not None and (same_file(path, source) or path.resolve() == Path(source).resolve()):
+            raise ValueError(f"{option} {str(path)!r} is {what}: it would be overwritten; write to another file")
+    if path.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a directory, not a file")
+    check_output_directory(path.parent, option)
+    if path.exists() and not overwrite and not (ours is not None and ours(path)):
+        raise ValueError(f"{option} {str(path)!r} exists and was not written by this command; remove it, choose "
+                         "another file or give --overwrite true")
+    return path
+
+
+def check_own_directory(path: PathLike, option: str, names: tuple[str, ...], marker: str, *,
+                        overwrite: bool = False) -> Path:
+    """A directory a command writes its files into, checked before any work: if it already holds files of the
+    names the command writes (``names``: glob patterns) but not the ``marker`` file the command leaves in its own
+    directories, they are someone else's and are not written over (unless ``overwrite``)."""
+    path = check_output_directory(path, option)
+    if overwrite or not path.is_dir() or (path / marker).exists():
+        return path
+    foreign = sorted({found.name for pattern in names for found in path.glob(pattern)})
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ValueError(f"{option} {str(path)!r} holds {shown} but no {marker}: files this command did not write "
+                         "are never written over; choose another directory or give --overwrite true")
     return path

@@ -3,8 +3,11 @@
 A sampling run is identified by the content of the checkpoints it uses (not their path or mtime: a
 checkpoint copied to another disk still resumes its runs, one retrained in place does not), and cached
 reference statistics by the content of the reference batch. Hashing a multi-GB checkpoint takes seconds,
-so the digest is cached in a JSON file beside the run, keyed by the file's resolved path, size and
-modification time: a file that is touched, replaced or moved is hashed again, one left alone is not.
+so the digest is cached in a JSON file beside the run, keyed by the file's resolved path, size, modification
+time, inode and change time: a file that is written, replaced or moved is hashed again, one left alone is not.
+The change time (``st_ctime``) cannot be set back by a program (``os.utime`` sets only the access and
+modification times), so a file rewritten in place with its size and modification time restored is still
+hashed again.
 """
 from __future__ import annotations
 
@@ -42,13 +45,13 @@ def text_digest(text: str) -> str:
 
 def _stat_key(path: Path) -> str:
     stat = path.stat()
-    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}|{stat.st_ctime_ns}"
 
 
 def content_hash(path: str | os.PathLike, cache: Optional[str | os.PathLike] = None) -> str:
     """The file's :func:`sha256_of`, read from / written to the JSON ``cache`` (``None``: no cache).
 
-    The cache maps ``resolved path|size|mtime_ns`` to the digest; a cache that does not read back is
+    The cache maps ``resolved path|size|mtime_ns|inode|ctime_ns`` to the digest; a cache that does not read back is
     rebuilt (it is only a shortcut), and it is written atomically, so an interrupted write loses nothing.
     """
     path = Path(path)

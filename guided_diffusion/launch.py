@@ -9,6 +9,8 @@ from this process instead.
 """
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
@@ -90,9 +92,17 @@ class LaunchOptions:
     def check_available(self) -> None:
         """The accelerator and devices exist here: checked before any model loads (one line if not)."""
         try:
-            self.fabric()
+            logging.disable(logging.INFO)  # the run's own Fabric reports the precision; this one is only a check
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fabric = self.fabric()
         except (RuntimeError, ValueError) as error:
             raise ValueError(f"--accelerator {self.accelerator} --devices {self.devices}: {error}") from None
+        finally:
+            logging.disable(logging.NOTSET)
+        if self.resolved_precision == "16-mixed" and fabric.device.type == "cpu":
+            raise ValueError("--precision 16-mixed is fp16 autocast on CUDA GPUs; on the CPU Lightning would run bf16 "
+                             "instead: give --precision bf16-mixed (or 32-true)")
 
     @property
     def spawns(self) -> bool:

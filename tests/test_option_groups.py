@@ -129,6 +129,7 @@ def test_a_run_identity_keeps_its_earlier_form():
     ("sample", ["m.ckpt", "--sampler", "pc", "--eta", "0.5"], "eta is an option of ddim; sampler 'pc' does not"),
     ("sample", ["m.ckpt", "--order", "3"], "--order: expected one of 1, 2"),
     ("sample", ["m.ckpt", "--num_samples", "0"], "num_samples and batch_size must be positive"),
+    ("sample", ["m.ckpt", "--seed", "-1"], "--seed must be a non-negative integer"),
     ("sample", ["m.ckpt", "--inpaint", "a.npz", "--colorize", "b.npz"], "--inpaint and --colorize are exclusive"),
     ("sample", ["m.ckpt", "--upsampler_steps", "10"], "need --upsampler CKPT"),
     ("sample", ["m.ckpt", "--frobnicate", "1"], "unrecognized arguments: --frobnicate 1"),

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -93,7 +94,7 @@ def test_a_checkpoint_whose_content_changed_is_refused(checkpoints, tmp_path):  
         sample(str(path), str(tmp_path / "run"), num_samples=4, batch_size=2, **OPTIONS)
 
 
-def test_the_content_hash_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
+def test_the_content_hash_is_cached_by_path_size_mtime_inode_and_ctime(tmp_path, monkeypatch):
     file, cache = tmp_path / "weights.bin", tmp_path / "run" / "fingerprints.json"
     file.write_bytes(b"abc")
     assert sha256_of(file) == "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # FIPS 180-2
@@ -107,6 +108,13 @@ def test_the_content_hash_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch
     assert content_hash(file, cache) != first and len(calls) == 2
     cache.write_text("{not json")  # a broken cache is only a shortcut: rebuilt
     assert content_hash(file, cache) == real(file) and len(calls) == 3
+    # rewritten in place with the same size and its modification time restored: the change time still moves
+    before = file.stat()
+    time.sleep(0.01)
+    file.write_bytes(b"abe")
+    os.utime(file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert file.stat().st_mtime_ns == before.st_mtime_ns and file.stat().st_size == before.st_size
+    assert content_hash(file, cache) == real(file) and len(calls) == 4  # hashed again, not the cached "abd"
 
 
 def test_scan_takes_each_index_once_and_finds_the_gaps(tmp_path):

@@ -258,7 +258,7 @@ def test_classifier_checkpoint_rebuilds_without_flags(tmp_path):
     x, t = torch.randn(3, 3, 16, 16), torch.tensor([0, 50, 99])
     assert torch.allclose(classifier(x, t), module.model.eval()(x, t))
     assert info["kind"] == "classifier" and diffusion.num_timesteps == 100
-    with pytest.raises(ValueError, match="is it a DiffusionModule checkpoint"):
+    with pytest.raises(ValueError, match="is a NoisyClassifierModule checkpoint, not a diffusion model"):
         load_diffusion_checkpoint(tmp_path / "ckpt" / "last.ckpt")
 
 

@@ -65,7 +65,7 @@ def test_ncsn_fit_reload_and_sample(workdir):
                                      step_size=langevin_step_size(gamma, 1, 0.01), progress=False,
                                      generator=torch.Generator().manual_seed(0))
     assert x.shape == (2, 1, 32, 32) and torch.isfinite(x).all()
-    with pytest.raises(ValueError, match="NCSNModule checkpoint .* use load_ncsn_checkpoint"):
+    with pytest.raises(ValueError, match=r"is an NCSNModule checkpoint \(a VE score network\), not a diffusion model"):
         load_diffusion_checkpoint(last)
 
     # validate --ckpt_path: the module is rebuilt from the checkpoint's hyper-parameters (levels included).

@@ -28,8 +28,8 @@ def read_training_checkpoint(path: PathLike, map_location="cpu") -> dict[str, An
     """A Lightning checkpoint of this project, read with ``weights_only=True``."""
     checkpoint = load_torch_file(path, "checkpoint", map_location)
     if not is_training_checkpoint(checkpoint):
-        raise ValueError(f"{str(path)!r} is not a DiffusionModule/NoisyClassifierModule/NCSNModule checkpoint "
-                         "(no hyper_parameters['network']); for an OpenAI .pt file use load_openai_checkpoint")
+        raise ValueError(f"{str(path)!r} is not a training checkpoint of this project (a DiffusionModule, "
+                         "NoisyClassifierModule or NCSNModule .ckpt: no hyper_parameters['network'])")
     return checkpoint
 
 
@@ -112,8 +112,7 @@ def _ncsn_from_checkpoint(checkpoint: Mapping[str, Any], ema: bool, source: str)
     from ..sde.ncsn import NoiseConditionalScoreNetwork, geometric_sigmas
 
     if not _is_ncsn_checkpoint(checkpoint):
-        raise ValueError(f"{source!r} is not an NCSNModule checkpoint (use load_diffusion_checkpoint or "
-                         "load_classifier_checkpoint)")
+        raise ValueError(f"{source!r} is not an NCSNModule checkpoint (a diffusion model or a classifier)")
     hparams = checkpoint["hyper_parameters"]
     if hparams.get("sigma_max") is None or hparams.get("num_scales") is None:
         raise ValueError(f"{source!r} holds no resolved noise levels (sigma_max / num_scales): it was saved "
@@ -146,10 +145,15 @@ def diffusion_from_checkpoint(checkpoint: Mapping[str, Any], ema: bool, source: 
 
     hparams = checkpoint["hyper_parameters"]
     if _is_ncsn_checkpoint(checkpoint):
-        raise ValueError(f"{source!r} is an NCSNModule checkpoint (a VE score network): use load_ncsn_checkpoint")
+        raise ValueError(f"{source!r} is an NCSNModule checkpoint (a VE score network), not a diffusion model "
+                         "(read it with load_ncsn_checkpoint)")
     prefix = "ema.module." if ema else "model."
     state = _submodule_state(checkpoint["state_dict"], prefix)
-    if not state or not _is_diffusion_checkpoint(checkpoint):
+    if not _is_diffusion_checkpoint(checkpoint):
+        module = str(hparams.get("_class_path") or "NoisyClassifierModule").rsplit(".", 1)[-1]
+        hint = " (a classifier: give it as --classifier)" if "Classifier" in module else ""
+        raise ValueError(f"{source!r} is a {module} checkpoint, not a diffusion model{hint}")
+    if not state:
         raise ValueError(f"{source!r} holds no '{prefix}*' weights: is it a DiffusionModule checkpoint?")
     config = config_from_dict("unet", dict(hparams["network"]))
     model = config.build()
@@ -168,8 +172,8 @@ def classifier_from_checkpoint(checkpoint: Mapping[str, Any], source: str):
         network["pretrained_path"] = None
     state = _submodule_state(checkpoint["state_dict"], "model.")
     if _is_diffusion_checkpoint(checkpoint) or _is_ncsn_checkpoint(checkpoint) or not state:
-        raise ValueError(f"{source!r} is not a NoisyClassifierModule checkpoint (use load_diffusion_checkpoint "
-                         "or load_ncsn_checkpoint)")
+        raise ValueError(f"{source!r} is not a NoisyClassifierModule checkpoint (it holds a diffusion model or a "
+                         "score network, not a classifier)")
     model = classifier_config_from_dict(network).build()
     _load_weights(model, state, f"the classifier weights of {source!r}")
     diffusion = DiffusionConfig(**hparams["diffusion"]).build()

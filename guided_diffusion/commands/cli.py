@@ -43,9 +43,10 @@ DEBUG_FLAG, DEBUG_ENV = "--debug", "GD_DEBUG"
 
 
 def bad_input_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad input (their messages name the problem) rather than a bug."""
-    errors: tuple[type[BaseException], ...] = (
-        ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError)
+    """Exception types that mean bad input or a machine that cannot do what was asked (their messages name the
+    problem) rather than a bug: a bad value, a missing or unreadable file, an operating-system error while reading
+    or writing (no space left on the device, a file name too long, a read-only file system), too little memory."""
+    errors: tuple[type[BaseException], ...] = (ValueError, OSError, MemoryError)
     lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
     if lightning is not None:  # only if Lightning was imported by the command
         errors += (lightning.MisconfigurationException,)
@@ -127,7 +128,14 @@ def _describe(error: BaseException) -> str:
         return ("stopped by SIGTERM; the step it reached is saved as last.ckpt (resume with --ckpt_path last)")
     if isinstance(error, KeyboardInterrupt):
         return "interrupted (Ctrl-C)"
-    return f"error: {error}"
+    if isinstance(error, MemoryError):
+        return f"error: out of memory{': ' + str(error) if str(error) else ''} (fewer samples per batch or file?)"
+    if isinstance(error, OSError) and error.strerror:
+        where = f" {error.filename!r}" if error.filename else ""
+        return f"error: {error.strerror.lower()}:{where}" if where else f"error: {error.strerror.lower()}"
+    from .command import one_line
+
+    return f"error: {one_line(error)}"
 
 
 if __name__ == "__main__":

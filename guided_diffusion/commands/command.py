@@ -40,25 +40,40 @@ def _field_docs(cls: type) -> dict[str, str]:
     return {param.arg_name: " ".join((param.description or "").split()) for param in parse(cls.__doc__ or "").params}
 
 
+_STRUCTURE = ("Does not validate", "Subtypes:", "Errors:", "Given value", "Problem with given class_path",
+              'Parser key "')
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
 def one_line(error: BaseException) -> str:
-    """A parser error in one line, naming the option (``--scale: expected a float, got 'abc'``)."""
+    """A parser error in one line, naming the option and the innermost reason (jsonargparse reports nested
+    options, e.g. a model's constructor argument, as a tree): ``--scale: expected a number, got 'abc'``,
+    ``--model.init_args.lr: expected a number, got x``."""
     text = str(error)
     key = re.match(r'Parser key "([\w.]+)":', text)
-    if key is None:
-        return " ".join(text.split()) or type(error).__name__
-    reasons = [line.strip().lstrip("- ") for line in text.splitlines()[1:]]
-    noise = ("Does not validate", "Subtypes:", "Errors:", "Given value")
-    reasons = [r for r in reasons if r and not r.startswith(noise) and "NoneType" not in r] or ["invalid value"]
-    reason = re.sub(r"^Not of type \w+: ", "", reasons[0])
-    names = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
-    reason = re.sub(r"Expected a <class '(\w+)'>", lambda match: f"expected {names.get(match[1], match[1])}", reason)
+    if key is None and "\n" not in text.strip():
+        return text.strip() or type(error).__name__
+    option = key[1] if key else None
+    nested = re.findall(r"Given value: NestedArg\(key='([\w.]+)'", text)
+    if option and nested:
+        option += (".init_args." if "Problem with given class_path" in text else ".") + nested[-1]
+    lines = [(len(line) - len(line.lstrip()), line.strip().lstrip("- ")) for line in text.splitlines()[bool(key):]]
+    if key and text.splitlines()[0][key.end():].strip():  # the reason on the key's own line
+        lines.insert(0, (0, text.splitlines()[0][key.end():].strip()))
+    reasons = [(indent, line) for indent, line in lines if line and not line.startswith(_STRUCTURE)
+               and "NoneType" not in line and not (nested and "Expected a <class 'str'>" in line)]
+    reason = max(reasons, key=lambda item: item[0])[1] if reasons else "invalid value"
+    reason = re.sub(r"^Not of type \w+: ", "", reason)
+    reason = re.sub(r"Expected a <class '(\w+)'>", lambda match: f"expected {_TYPE_NAMES.get(match[1], match[1])}",
+                    reason)
     reason = re.sub(r"Expected a (?:typing\.)?Literal\[([^\]]*)\]",
                     lambda match: "expected one of " + match[1].replace("'", ""), reason)
     reason = reason.replace("Expected a ", "expected ").replace(". Got value: ", ", got ")
     given = re.search(r"Given value: (.*)", text)
-    if given and "got" not in reason:
+    if key and given and "got" not in reason and not nested and len(given[1]) < 80:
         reason += f", got {given[1].strip()!r}"
-    return f"--{key[1]}: {reason}"
+    reason = reason[0].lower() + reason[1:]
+    return f"--{option}: {reason}" if option else reason
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,13 @@ JSON, the cached reference features and the W&B run.
 """
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..atomic import check_output_file
 from ..content_hash import content_hash, fingerprint_cache
 from ..evaluation import evaluate as evaluate_suite
 from ..evaluation.evaluate import METRIC_LABELS, resolve_cache
@@ -33,6 +35,7 @@ class EvaluateRequest:
         sample_batch: samples ``.npz`` in the ADM layout.
         output_json: where to write the results as JSON (atomically); default: do not write.
         progress: show progress bars.
+        overwrite: write ``output_json`` over an existing file that is not an evaluation's JSON.
     """
 
     ref_batch: str
@@ -42,6 +45,7 @@ class EvaluateRequest:
     launch: LaunchOptions = field(default_factory=LaunchOptions)
     tracking: TrackingOptions = field(default_factory=TrackingOptions)
     progress: bool = True
+    overwrite: bool = False
 
     def __post_init__(self):
         if self.tracking.log_artifacts and not self.output_json:
@@ -52,6 +56,10 @@ class EvaluateRequest:
 
 def run_evaluate(request: EvaluateRequest) -> dict[str, Any]:
     """Score a sample batch against a reference batch (FID, sFID, IS, precision, recall), on one or more devices."""
+    if request.output_json is not None:
+        check_output_file(request.output_json, "--output_json", {"the reference batch": request.ref_batch,
+                                                                 "the sample batch": request.sample_batch},
+                          ours=is_evaluation_json, overwrite=request.overwrite)
     if request.launch.world_size == 1:
         payload = evaluate_suite(request.ref_batch, request.sample_batch, request.evaluation,
                                  output_json=request.output_json, progress=request.progress)
@@ -63,6 +71,15 @@ def run_evaluate(request: EvaluateRequest) -> dict[str, Any]:
     log_evaluation(request.tracking, payload, request.ref_batch, request.sample_batch, request.output_json,
                    request.evaluation.reference_cache)
     return payload
+
+
+def is_evaluation_json(path: Path) -> bool:
+    """Whether ``path`` holds the JSON an evaluation wrote (its ``metrics`` and ``sample_batch``)."""
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(payload, dict) and {"metrics", "sample_batch", "reference_batch"} <= set(payload)
 
 
 def _evaluate_on_rank(fabric, request: EvaluateRequest) -> Optional[dict[str, Any]]:

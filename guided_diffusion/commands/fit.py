@@ -13,6 +13,7 @@ resolved config is written next to the logs (``config.yaml``) and logged to ever
 """
 from __future__ import annotations
 
+import argparse
 from typing import Any, Sequence
 
 import yaml
@@ -27,6 +28,7 @@ from ..training.ncsn_module import NCSNModule  # noqa: F401  (registers the clas
 # NoisyClassifierModule is named by its full class_path (classifiers.module.NoisyClassifierModule), which
 # jsonargparse imports itself: guided_diffusion never imports classifiers (docs/ARCHITECTURE.md).
 from ..training.run_state import SafeCheckpointIO, logged_run_ids, resolve_checkpoint_path
+from .command import one_line
 
 
 class SaveConfigToLoggers(SaveConfigCallback):
@@ -53,7 +55,14 @@ class GuidedDiffusionCLI(LightningCLI):
         import sys
 
         refuse_renamed_options(sys.argv[1:] if args is None else args)
-        super().parse_arguments(parser, args)
+        subcommands = getattr(parser, "_subcommands_action", None)
+        parsers = [parser, *(subcommands._name_parser_map.values() if subcommands is not None else ())]
+        for each in parsers:  # a parse error becomes one line (ValueError) instead of a usage dump
+            each.exit_on_error = False
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as error:
+            raise ValueError(one_line(error)) from None
 
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` (one line naming what is wrong), then apply its hyper-parameters as Lightning does,
@@ -69,10 +78,14 @@ class GuidedDiffusionCLI(LightningCLI):
         if not subcommand:
             return
         config = self.config[subcommand]
-        callbacks = (config.get("trainer") or {}).get("callbacks")
-        path = resolve_checkpoint_path(config.get("ckpt_path"), _checkpoint_dirs(callbacks))
+        trainer = config.get("trainer") or {}
+        if subcommand == "fit" and (trainer.get("max_steps") == 0 or trainer.get("max_epochs") == 0):
+            raise ValueError("--trainer.max_steps 0 (or max_epochs 0) trains nothing and saves nothing: give a "
+                             "positive number (-1: no limit)")
+        path = resolve_checkpoint_path(config.get("ckpt_path"), _checkpoint_dirs(trainer.get("callbacks")))
         if path is not None:
             self._resumed_run_ids = logged_run_ids(path)  # reads it safely (memory-mapped)
+            check_checkpoint_module(path, config.get("model"))
         ckpt_path = config.get("ckpt_path")
         if not ckpt_path or not Path(ckpt_path).is_file():  # as Lightning: ``last`` etc. keep the config's model
             return
@@ -101,11 +114,41 @@ class GuidedDiffusionCLI(LightningCLI):
                 init_args["id"] = run_id
                 init_args["resume"] = "allow"  # passed on to wandb.init: continue that run
 
+    def _check_data(self, stage: str) -> None:
+        """Data that cannot be read, or that does not fit the network, ends the command before anything is written
+        or started (the run's ``config.yaml``, a logger's run): the data module is set up now, not in the loop."""
+        if self.datamodule is not None:
+            self.datamodule.setup(stage)
+            self.model.check_data(self.datamodule)
+
+    def before_fit(self) -> None:
+        self._check_data("fit")
+
+    def before_validate(self) -> None:
+        self._check_data("validate")
+
+    def before_test(self) -> None:
+        self._check_data("test")
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not a user's plugin
             trainer.strategy.checkpoint_io = SafeCheckpointIO()
         return trainer
+
+
+def check_checkpoint_module(path, model: Any) -> None:
+    """A ``--ckpt_path`` checkpoint must be of the module the config trains (before anything is written): resuming
+    a diffusion run from a classifier's checkpoint would turn the run into a classifier writing into the diffusion
+    run's folder."""
+    from ..torch_files import load_torch_file
+
+    expected = getattr(model, "class_path", None) or (model.get("class_path") if isinstance(model, dict) else None)
+    hparams = load_torch_file(path, "--ckpt_path checkpoint", mmap=True).get("hyper_parameters") or {}
+    found = hparams.get("_class_path") if isinstance(hparams, dict) else None
+    if expected and found and expected.rsplit(".", 1)[-1] != found.rsplit(".", 1)[-1]:  # re-exported or not
+        raise ValueError(f"--ckpt_path {str(path)!r} is a {found.rsplit('.', 1)[-1]} checkpoint but the config trains "
+                         f"a {expected.rsplit('.', 1)[-1]} ({expected}): give a checkpoint of that run")
 
 
 def refuse_renamed_options(args: Any) -> None:

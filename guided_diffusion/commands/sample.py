@@ -17,14 +17,15 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
-from ..atomic import check_output_directory
+from ..atomic import check_own_directory
 from ..checkpoints import LoadedNetwork, load_classifier, load_diffusion_model, load_upsampler
-from ..content_hash import content_hash, fingerprint_cache
+from ..content_hash import content_hash
 from ..generation.pairing import check_pair, check_upsampler, freeze, label_count
 from ..generation.plan import SamplePlan, parse_classes
 from ..generation.reference_flags import check_flags, translate, uses_reference_flags
-from ..generation.request import SampleRequest
+from ..generation.request import OutputOptions, SampleRequest
 from ..generation.runner import SampleResult, ShardJob, Stage, run_shards
+from ..generation.shards import MANIFEST, RUN_FILES, check_merge_fits, read_manifest
 from ..nets import apply_fast_paths
 from ..noise import UPSAMPLER_STREAM
 from ..sampling.options import SamplerOptions
@@ -39,7 +40,7 @@ def run_sample(request: SampleRequest) -> SampleResult:
     output, networks, plan_options = request.output.output, request.networks, request.plan
     # Everything that can be wrong is checked here, before any sampling work: the output and that every named
     # file is there and is a PyTorch file (cheap), then the models load.
-    check_output_directory(output)
+    check_run_directory(request.output)
     request.launch.check_available()
     check_torch_file(request.checkpoint, "diffusion model checkpoint")
     for path, what in ((networks.classifier, "classifier checkpoint"),
@@ -59,12 +60,13 @@ def run_sample(request: SampleRequest) -> SampleResult:
     chosen = parse_classes(plan_options.classes, num_classes)
     plan = SamplePlan(plan_options.num_samples, plan_options.seed, num_classes,
                       chosen if isinstance(chosen, str) else tuple(chosen), plan_options.noise)
+    config = model.config
+    check_merge_fits(plan.num_samples, (config.image_size, config.image_size, config.in_channels))
     sampling = request.sampler.kwargs(model.diffusion)  # the time grid: a bad respacing fails now, in one line
     condition = None
     if request.condition.path:
         from ..generation.conditions import load_condition
 
-        config = model.config
         condition = load_condition("inpaint" if request.condition.inpaint else "colorize", request.condition.path,
                                    config.image_size, config.in_channels)
     settings = dict(preset=networks.preset, ema=networks.ema, classifier_preset=networks.classifier_preset,
@@ -75,16 +77,14 @@ def run_sample(request: SampleRequest) -> SampleResult:
         options = request.cascade.sampler_of(request.sampler)
         super_resolution = load_upsampler(request.cascade.upsampler, request.cascade.upsampler_preset,
                                           ema=networks.ema)
-        config = model.config
         check_upsampler(super_resolution, config.image_size, config.in_channels, num_classes,
                         f"the samples of {model.source}")
+        size = super_resolution.config.image_size
+        check_merge_fits(plan.num_samples, (size, size, super_resolution.config.in_channels))
         upsampler_stage = upsampler_stage_of(super_resolution, options)
         settings.update(upsampler_preset=request.cascade.upsampler_preset, upsampler_sampler=options.sampler,
                         upsampler_steps=options.resolved_steps)
 
-    # last, once every check has passed: nothing is written for a bad command
-    settings.update(file_identities(output, checkpoint=request.checkpoint, classifier=networks.classifier,
-                                    condition=request.condition.path, upsampler=request.cascade.upsampler))
     launch = request.launch
     for network in [model.network] + ([guiding.network] if guiding else []) + (
             [upsampler_stage.network] if upsampler_stage else []):
@@ -100,22 +100,23 @@ def run_sample(request: SampleRequest) -> SampleResult:
                  f"{options.sampler} {options.resolved_steps}"
                  if super_resolution else "")
               + f"; into {output}")
-    result = run_shards(job, settings, banner, launch, grid=request.output.grid, progress=request.output.progress,
-                        started=started, command="gd sample")
-    inputs = dict(checkpoint=request.checkpoint, classifier=networks.classifier, upsampler=request.cascade.upsampler,
-                  condition=request.condition.path)
-    log_run(request.tracking, "sample", result, settings, inputs,
+    inputs = dict(checkpoint=request.checkpoint, classifier=networks.classifier, condition=request.condition.path,
+                  upsampler=request.cascade.upsampler)
+    result = run_shards(job, settings, banner, launch, files=inputs, grid=request.output.grid,
+                        progress=request.output.progress, started=started, command="gd sample")
+    log_run(request.tracking, "sample", result, inputs,
             dict(num_samples=plan.num_samples, batch_size=plan_options.batch_size, devices=launch.devices,
                  num_nodes=launch.num_nodes))
     return result
 
 
-def log_run(tracking: TrackingOptions, job_type: str, result: SampleResult, settings: dict[str, Any],
-            paths: dict[str, Optional[str]], extra: dict[str, Any]) -> None:
+def log_run(tracking: TrackingOptions, job_type: str, result: SampleResult, paths: dict[str, Optional[str]],
+            extra: dict[str, Any]) -> None:
     """The W&B run of a finished ``gd sample`` / ``gd upsample`` (rank 0 only): the settings, the grid, the cost
     per sample and, with ``--log_artifacts``, the merged ``.npz`` and ``run.json`` as a ``samples`` artifact."""
     if result.samples is None or not tracking.enabled:
         return
+    settings = result.settings
     output = result.samples.parent
     inputs = {name: (path, settings[name]) for name, path in paths.items() if path is not None}
     run = tracking.start(job_type, output.name, {**settings, **extra, "output": str(output)}, output, inputs)
@@ -136,11 +137,11 @@ def upsampler_stage_of(upsampler: LoadedNetwork, options: SamplerOptions) -> Sta
                  stream=UPSAMPLER_STREAM)
 
 
-def file_identities(output: str, **paths: Optional[str]) -> dict[str, Optional[str]]:
-    """The SHA-256 content hash of each named file (``None`` stays ``None``), cached in ``output/fingerprints.json``
-    by path, size and mtime: a copied or moved checkpoint is the same run, one changed in place is not."""
-    cache = fingerprint_cache(output)
-    return {name: None if path is None else content_hash(path, cache) for name, path in paths.items()}
+def check_run_directory(output: OutputOptions) -> None:
+    """The run's directory: writable, holding no sample files of another run (one without ``run.json``), and a
+    ``run.json`` that reads back."""
+    path = check_own_directory(output.output, "--output", RUN_FILES, MANIFEST, overwrite=output.overwrite)
+    read_manifest(path)
 
 
 def _translate(argv: list[str]) -> tuple[list[str], Optional[str]]:
@@ -160,4 +161,4 @@ def sample(checkpoint: str, output: str = "outputs/samples", **options: Any) -> 
     return COMMAND(checkpoint, output=output, **options)
 
 
-__all__ = ["COMMAND", "run_sample", "sample", "log_run", "upsampler_stage_of", "file_identities"]
+__all__ = ["COMMAND", "run_sample", "sample", "log_run", "upsampler_stage_of", "check_run_directory"]

@@ -228,7 +228,8 @@ class SweepRequest:
         guidance = self.guidance.replace(scale=scale, schedule=schedule,
                                          guidance_interval=None if interval == "none" else interval)
         return str(directory), SampleRequest(
-            self.checkpoint, OutputOptions(str(directory), grid=True, progress=self.output.progress), self.networks,
+            self.checkpoint, OutputOptions(str(directory), grid=True, progress=self.output.progress,
+                                           overwrite=self.output.overwrite), self.networks,
             guidance, self.sampler.replace(sampler=sampler, steps=steps), self.plan, self.cascade,
             launch=self.launch)
 

@@ -12,24 +12,24 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import check_output_directory
 from ..checkpoints import load_upsampler
 from ..generation.conditions import load_low_res
 from ..generation.pairing import check_upsampler
 from ..generation.plan import SamplePlan
 from ..generation.request import UpsampleRequest
 from ..generation.runner import SampleResult, ShardJob, run_shards
+from ..generation.shards import check_merge_fits
 from ..nets import apply_fast_paths
 from ..torch_files import check_torch_file
 from .command import Command
-from .sample import file_identities, log_run, upsampler_stage_of
+from .sample import check_run_directory, log_run, upsampler_stage_of
 
 
 def run_upsample(request: UpsampleRequest) -> SampleResult:
     """Upsample the images of an ADM sample ``.npz`` with a super-resolution model (ADM-U)."""
     started = time.perf_counter()
     output, networks, plan_options, launch = request.output.output, request.networks, request.plan, request.launch
-    check_output_directory(output)
+    check_run_directory(request.output)
     launch.check_available()
     check_torch_file(request.upsampler, "upsampler checkpoint")
     model = load_upsampler(request.upsampler, networks.preset, ema=networks.ema)
@@ -46,6 +46,7 @@ def run_upsample(request: UpsampleRequest) -> SampleResult:
     check_upsampler(model, config.low_res_size, config.in_channels, num_classes, f"the images of {request.low_res}")
     if model.num_classes is not None:
         num_classes = model.num_classes
+    check_merge_fits(len(images), (config.image_size, config.image_size, config.in_channels))
     plan = SamplePlan(len(images), plan_options.seed, num_classes,
                       "all" if labels is None else tuple(int(label) for label in labels), plan_options.noise)
     stage = upsampler_stage_of(model, request.sampler)
@@ -54,14 +55,14 @@ def run_upsample(request: UpsampleRequest) -> SampleResult:
     settings = dict(preset=networks.preset, ema=networks.ema, sampler=sampler.sampler, steps=sampler.resolved_steps,
                     eta=sampler.eta, clip_denoised=sampler.clip_denoised, precision=launch.resolved_precision,
                     seed=plan_options.seed, noise=plan_options.noise,
-                    **({"order": sampler.order} if sampler.order is not None else {}),
-                    **file_identities(output, low_res=request.low_res, upsampler=request.upsampler))
+                    **({"order": sampler.order} if sampler.order is not None else {}))
     job = ShardJob(plan, output, None, stage, low_res=np.ascontiguousarray(images), batch_size=plan_options.batch_size)
     banner = (f"{len(images)} images of {request.low_res} upsampled {config.low_res_size} -> {config.image_size} px "
               f"by {model.source}; {sampler.sampler} {sampler.resolved_steps}; into {output}")
-    result = run_shards(job, settings, banner, launch, grid=request.output.grid, progress=request.output.progress,
-                        started=started, command="gd upsample")
-    log_run(request.tracking, "upsample", result, settings, dict(low_res=request.low_res, upsampler=request.upsampler),
+    inputs = dict(low_res=request.low_res, upsampler=request.upsampler)
+    result = run_shards(job, settings, banner, launch, files=inputs, grid=request.output.grid,
+                        progress=request.output.progress, started=started, command="gd upsample")
+    log_run(request.tracking, "upsample", result, inputs,
             dict(num_samples=len(images), batch_size=plan_options.batch_size, devices=launch.devices,
                  num_nodes=launch.num_nodes))
     return result

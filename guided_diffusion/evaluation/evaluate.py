@@ -22,7 +22,7 @@ from .features import FeatureExtractor, build_feature_extractor, extract_feature
     process_group
 from .metrics import ALL_METRICS, MetricValue, compute_metrics, \
     minimum_samples
-from .npz import NpzInfo, inspect_npz, iter_image_batches, read_statistics
+from .npz import NpzInfo, inspect_npz, iter_image_batches, read_labels, read_statistics
 from .options import EvaluationOptions
 
 IS_NEEDS_LOGITS = ("IS needs Inception weights with logits; pass --inception_weights PATH to a pytorch-fid/"
@@ -126,6 +126,24 @@ def _check_counts(reference: NpzInfo, samples: NpzInfo, nearest_k: int) -> None:
                 f"{info.path}: {info.num_images} {role} images are too few; FID/sFID need at least 2 and "
                 f"precision/recall (k={nearest_k}) at least {nearest_k + 1} (ADM reports use 50,000 samples)."
             )
+    if reference.images is not None and reference.images.shape[1:] != samples.images.shape[1:]:
+        size = lambda shape: "x".join(map(str, shape[1:]))  # noqa: E731
+        raise ValueError(f"the samples are {size(samples.images.shape)} images (HxWxC) but the reference batch "
+                         f"{size(reference.images.shape)}: compare samples with real images of their own size")
+    for info in (samples, reference):
+        _check_labels(info)
+
+
+def _check_labels(info: NpzInfo) -> None:
+    """Labels (``arr_1``), when present: one non-negative integer per image."""
+    if info.labels is None:
+        return
+    if len(info.labels.shape) != 1 or info.labels.shape[0] != info.num_images:
+        raise ValueError(f"{info.path}: 'arr_1' must hold one label per image, got shape {info.labels.shape} for "
+                         f"{info.num_images} images")
+    labels = read_labels(info.path)
+    if len(labels) and labels.min() < 0:
+        raise ValueError(f"{info.path}: 'arr_1' holds negative labels ({int(labels.min())})")
 
 
 def evaluate(ref_batch: str, sample_batch: str, options: Optional[EvaluationOptions] = None, *,

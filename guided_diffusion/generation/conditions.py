@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..images import from_uint8_nhwc
-from .shards import read_shard
+from .shards import read_npz, read_shard
 
 ConditionKind = Literal["inpaint", "colorize"]
 
@@ -75,11 +75,11 @@ def load_condition(kind: ConditionKind, path: str | os.PathLike, image_size: int
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--{kind} file {str(path)!r} does not exist")
-    with np.load(path) as data:
-        if "arr_0" not in data.files:
-            raise ValueError(f"{path}: --{kind} needs the images as 'arr_0' (uint8 NHWC)")
-        images = _as_nhwc(data["arr_0"], f"{path}: arr_0")
-        mask = data["mask"] if "mask" in data.files else None
+    data = read_npz(path, f"--{kind} file")
+    if "arr_0" not in data:
+        raise ValueError(f"{path}: --{kind} needs the images as 'arr_0' (uint8 NHWC)")
+    images = _as_nhwc(data["arr_0"], f"{path}: arr_0")
+    mask = data.get("mask")
     if images.dtype != np.uint8:
         raise ValueError(f"{path}: arr_0 must be uint8 (0..255), got {images.dtype}")
     if images.shape[1:3] != (image_size, image_size):

@@ -8,8 +8,11 @@ indices. The files of a run (shards named by their index ranges) are :mod:`.shar
 """
 from __future__ import annotations
 
+import bisect
+import itertools
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -32,8 +35,11 @@ def parse_classes(classes: str | int | Sequence[int] | None, num_classes: Option
             if num_classes is None:
                 return "all"  # unconditional: labels are not used
             return text  # type: ignore[return-value]
+        parts = [part.strip() for part in text.split(",")]
+        if text and not all(parts):
+            raise ValueError(f"classes {classes!r} has an empty entry: give comma-separated integers like '1,7,9'")
         try:
-            classes = [int(part) for part in text.split(",") if part.strip()]
+            classes = [int(part) for part in parts if part]
         except ValueError:
             raise ValueError(f"classes must be 'all', 'random' or comma-separated integers, got {classes!r}") from None
     elif isinstance(classes, int):
@@ -105,14 +111,46 @@ class SamplePlan:
         return sample_noise(self.seed, indices, device, stream, self.noise)
 
 
-def batches(missing: Sequence[range], batch_size: int) -> list[range]:
+class Batches(SequenceABC):
+    """The index ranges still to sample, cut into batches of at most ``batch_size`` consecutive indices: a sequence
+    computed on demand (batch k is found from the counts per range), so no run holds a list of all its batches.
+
+    Args:
+        missing: the index ranges no intact shard holds, in order.
+        batch_size: samples per batch.
+    """
+
+    def __init__(self, missing: Sequence[range], batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.missing, self.batch_size = tuple(missing), batch_size
+        self._ends = list(itertools.accumulate(-(-len(span) // batch_size) for span in self.missing))
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        which = bisect.bisect_right(self._ends, k)
+        span = self.missing[which]
+        start = span.start + (k - (self._ends[which - 1] if which else 0)) * self.batch_size
+        return range(start, min(start + self.batch_size, span.stop))
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(span) for span in self.missing)
+
+
+def batches(missing: Sequence[range], batch_size: int) -> Batches:
     """Cut the index ranges still to sample into batches of at most ``batch_size`` consecutive indices."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    return [range(start, min(start + batch_size, span.stop)) for span in missing
-            for start in range(span.start, span.stop, batch_size)]
+    return Batches(missing, batch_size)
 
 
-def batches_of_rank(work: Sequence[range], rank: int, world_size: int) -> list[range]:
-    """Round-robin assignment: rank r takes batches r, r + W, r + 2W, ..."""
-    return list(work[rank::world_size])
+def batches_of_rank(work: Sequence[range], rank: int, world_size: int) -> Iterator[range]:
+    """Round-robin assignment: rank r takes batches r, r + W, r + 2W, ... (one at a time)."""
+    return (work[k] for k in range(rank, len(work), world_size))

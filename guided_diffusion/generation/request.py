@@ -27,11 +27,14 @@ class OutputOptions:
         output: directory of the run (shards, ``run.json``, the merged ``.npz``, ``grid.png``).
         grid: write ``grid.png`` of the first samples.
         progress: show progress bars.
+        overwrite: write into a directory whose sample files (``samples_*.npz``, ``grid.png``, shards) no
+            ``run.json`` claims (by default they are someone else's and the run is refused).
     """
 
     output: str = "outputs/samples"
     grid: bool = True
     progress: bool = True
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class PlanOptions:
         if self.batch_size < 1 or (self.num_samples is not None and self.num_samples < 1):
             raise ValueError(f"num_samples and batch_size must be positive, got {self.num_samples} and "
                              f"{self.batch_size}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be a non-negative integer (a SeedSequence entropy), got {self.seed}")
         if self.noise not in NOISE_KINDS:
             raise ValueError(f"noise must be one of {', '.join(NOISE_KINDS)}, got {self.noise!r}")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
@@ -31,7 +31,8 @@ from ..noise import NOISE_STREAM, resolve_noise
 from ..sampling import sample
 from .conditions import ImageCondition
 from .plan import SamplePlan, batches, batches_of_rank
-from .shards import check_manifest, merge_shards, read_samples, read_shard, scan, write_shard
+from .shards import (RunLock, check_manifest, file_identities, merge_shards, read_samples, read_shard, scan,
+                     write_shard)
 
 #: Sub-directory of a cascade run that holds the base model's (low-resolution) shards and merged ``.npz``.
 LOW_RES_DIRECTORY = "low_res"
@@ -187,18 +188,23 @@ class SampleResult:
     """The base model's samples of a cascade (``low_res/samples_*.npz``)."""
     cost: Optional[SamplingCost] = None
     """What the samples made by this call cost (rank 0's shards)."""
+    settings: Optional[dict[str, Any]] = None
+    """The run's identity as ``run.json`` holds it (with the content hashes of its files; rank 0)."""
 
 
-def run_shards(job: ShardJob, settings: dict[str, Any], banner: str, launch: LaunchOptions, *, grid: bool,
-               progress: bool, started: float, command: str) -> SampleResult:
-    """Sample the shards of ``job`` still missing on the processes of ``launch`` (checking the run's identity
-    ``settings`` against ``run.json`` first), then merge them."""
-    return run(launch, _run_on_rank, job, settings, banner, grid, progress, started, command)
+def run_shards(job: ShardJob, settings: dict[str, Any], banner: str, launch: LaunchOptions, *,
+               files: Mapping[str, Optional[str]], grid: bool, progress: bool, started: float,
+               command: str) -> SampleResult:
+    """Sample the shards of ``job`` still missing on the processes of ``launch``, then merge them.
+
+    Rank 0 first takes the directory's lock, then checks the run's identity (``settings`` and the content hash of
+    each of ``files``, ``name -> path``) against ``run.json``: nothing is written before the lock is held."""
+    return run(launch, _run_on_rank, job, settings, dict(files), banner, grid, progress, started, command)
 
 
-def _run_on_rank(fabric, job: ShardJob, settings: dict[str, Any], banner: str, grid: bool, progress: bool,
-                 started: float, command: str) -> SampleResult:
-    rank, world = fabric.global_rank, fabric.world_size
+def _run_on_rank(fabric, job: ShardJob, settings: dict[str, Any], files: dict[str, Optional[str]], banner: str,
+                 grid: bool, progress: bool, started: float, command: str) -> SampleResult:
+    rank = fabric.global_rank
     if settings.get("noise") == "auto":  # the identity holds the kind drawn on this run's device
         settings = {**settings, "noise": resolve_noise("auto", fabric.device)}
     cost = SamplingCost()
@@ -209,19 +215,43 @@ def _run_on_rank(fabric, job: ShardJob, settings: dict[str, Any], banner: str, g
     for network in job.classifiers():
         fabric.strategy.precision.convert_module(network)
         hooks.append(cost.count(fabric.to_device(network), "classifier_evaluations"))
-    missing = None
-    if rank == 0:
-        check_manifest(job.directory, settings)
-        print(f"{command}: {banner}")
-        missing = job.missing()
-    missing = fabric.broadcast(missing, src=0)
+    lock, status = RunLock(job.directory), None
+    if rank == 0:  # the ranks learn rank 0's verdict, so a refused run ends on every rank instead of hanging
+        try:
+            lock.acquire()
+            settings = {**settings, **file_identities(job.directory, **files)}
+            check_manifest(job.directory, settings)
+            print(f"{command}: {banner}")
+            status = ("ok", job.missing())
+        except Exception as error:  # a refused run, a disk that is full...: every rank ends with it
+            lock.release()
+            status = ("error", error)
+    status = fabric.broadcast(status, src=0)
+    if status[0] == "error":
+        for hook in hooks:
+            hook.remove()
+        raise status[1]
+    missing = status[1]
+    try:
+        result = _sample_and_merge(fabric, job, missing, hooks, cost, grid, progress, started, command)
+        result.settings = settings if rank == 0 else None
+        return result
+    finally:
+        lock.release()
+
+
+def _sample_and_merge(fabric, job: ShardJob, missing, hooks, cost: SamplingCost, grid: bool, progress: bool,
+                      started: float, command: str) -> SampleResult:
+    rank, world = fabric.global_rank, fabric.world_size
     work = batches([range(start, stop) for start, stop in missing], job.batch_size)
     if rank == 0:
-        present = job.plan.num_samples - sum(len(indices) for indices in work)
+        present = job.plan.num_samples - work.num_samples
         print(f"{command}: {present} of {job.plan.num_samples} samples already written, sampling "
               f"{job.plan.num_samples - present} in {len(work)} batches of up to {job.batch_size}")
     try:
-        for indices in tqdm(batches_of_rank(work, rank, world), desc=command, disable=not progress or rank != 0):
+        mine = batches_of_rank(work, rank, world)
+        for indices in tqdm(mine, desc=command, total=len(range(rank, len(work), world)),
+                            disable=not progress or rank != 0):
             begun = time.perf_counter()
             with torch.no_grad(), fabric.autocast():  # guidance differentiates w.r.t. x under enable_grad
                 images, labels = job.sample(indices, fabric.device)

@@ -20,9 +20,12 @@ from typing import Any, Optional
 import numpy as np
 
 from ..atomic import atomic_savez, atomic_write_json
+from ..content_hash import content_hash, fingerprint_cache
 from .plan import SamplePlan
 
 MANIFEST = "run.json"
+#: The files (glob patterns) a sampling run writes into its directory, besides :data:`MANIFEST`.
+RUN_FILES = ("samples_*.npz", "grid.png", "shard-*.npz", "low_res")
 #: Version of the run layout (shards by index range, identity without N and batch size) in ``run.json``.
 LAYOUT = 2
 _SHARD_NAME = re.compile(r"shard-(\d{8,})-(\d{8,})\.npz")
@@ -48,16 +51,30 @@ def write_shard(directory: str | os.PathLike, indices: range, images: np.ndarray
     return atomic_savez(shard_path(directory, indices), **arrays)
 
 
-def read_shard(path: str | os.PathLike) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """``(images, labels)`` of a shard or merged ``.npz``; ``ValueError`` naming the file if it does not read back."""
+def read_npz(path: str | os.PathLike, what: str = "sample .npz") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` a user named, read without pickles; one ``ValueError`` line naming the file if it
+    does not read back (``FileNotFoundError`` if it does not exist)."""
     try:
-        with np.load(path) as data:
-            return data["arr_0"], (data["arr_1"] if "arr_1" in data.files else None)
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{os.fspath(path)!r} does not read back as a sample .npz ({type(error).__name__}: "
+    except ValueError as error:
+        if "allow_pickle" in str(error):  # numpy's advice would be to run the file's code: never
+            raise ValueError(f"{os.fspath(path)!r} holds Python objects (pickled arrays), which are never loaded: "
+                             f"a {what} holds only numeric arrays") from None
+        raise ValueError(f"{os.fspath(path)!r} does not read back as a {what} ({error})") from None
+    except (OSError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{os.fspath(path)!r} does not read back as a {what} ({type(error).__name__}: "
                          f"{error})") from None
+
+
+def read_shard(path: str | os.PathLike) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """``(images, labels)`` of a shard or merged ``.npz``; ``ValueError`` naming the file if it does not read back."""
+    arrays = read_npz(path)
+    if "arr_0" not in arrays:
+        raise ValueError(f"{os.fspath(path)!r} holds no images ('arr_0'): not a sample .npz")
+    return arrays["arr_0"], arrays.get("arr_1")
 
 
 def arrays_problem(images: np.ndarray, labels: Optional[np.ndarray], plan: SamplePlan,
@@ -151,6 +168,22 @@ def read_samples(directory: str | os.PathLike, plan: SamplePlan, indices: range,
     return np.concatenate([read_shard(path)[0][offset:offset + len(span)] for span, path, offset in coverage.pieces])
 
 
+def read_manifest(directory: str | os.PathLike) -> Optional[dict[str, Any]]:
+    """The identity in ``directory/run.json`` (``None`` if there is none); one line naming the file if it does not
+    read back."""
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{str(path)!r} (the run's identity) does not read back ({error}); the shards beside it "
+                         "cannot be matched to settings: use another output directory") from None
+    if not isinstance(previous, dict):
+        raise ValueError(f"{str(path)!r} (the run's identity) is not a JSON object: use another output directory")
+    return previous
+
+
 def check_manifest(directory: str | os.PathLike, identity: dict[str, Any]) -> None:
     """Write the run's identity to ``run.json``, or check it equals that of the run being resumed or grown.
 
@@ -159,8 +192,8 @@ def check_manifest(directory: str | os.PathLike, identity: dict[str, Any]) -> No
     """
     path = Path(directory) / MANIFEST
     identity = json.loads(json.dumps({"layout": LAYOUT, **identity}))  # normalise tuples/paths to JSON values
-    if path.exists():
-        previous = json.loads(path.read_text())
+    previous = read_manifest(directory)
+    if previous is not None:
         if previous.get("layout") != LAYOUT:
             raise ValueError(f"{str(directory)!r} holds a run of an earlier version of this project (shards of "
                              "another layout); sample into a new output directory")
@@ -170,6 +203,77 @@ def check_manifest(directory: str | os.PathLike, identity: dict[str, Any]) -> No
                              "use another output directory, or the same settings to resume")
         return
     atomic_write_json(path, identity)
+
+
+class RunLock:
+    """One sampling process per run directory: rank 0 of a ``gd sample`` / ``gd upsample`` holds an exclusive lock
+    on ``DIRECTORY/.lock`` (``fcntl.flock``) while it writes, so a second command into the same directory is
+    refused in one line instead of sampling the same indices again. The lock goes with the process (also on
+    ``kill -9``, which leaves the file, unlocked, for the next run to take); where ``fcntl`` does not exist
+    (Windows) there is no lock.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, directory: str | os.PathLike):
+        self.path = Path(directory) / self.NAME
+        self._file = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, "a+")
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            file.close()
+            raise ValueError(f"{str(self.path.parent)!r} is being written by {holder}: wait for it to finish, or "
+                             "sample into another directory") from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"pid {os.getpid()}")
+        file.flush()
+        self._file = file
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file (while still holding it) and release the lock: a finished run leaves no file."""
+        if self._file is not None:
+            self.path.unlink(missing_ok=True)
+            self._file.close()  # closing the descriptor releases the lock
+            self._file = None
+
+
+def file_identities(output: str, **paths: Optional[str]) -> dict[str, Optional[str]]:
+    """The SHA-256 content hash of each named file (``None`` stays ``None``), cached in ``output/fingerprints.json``
+    by path, size and mtime: a copied or moved checkpoint is the same run, one changed in place is not."""
+    cache = fingerprint_cache(output)
+    return {name: None if path is None else content_hash(path, cache) for name, path in paths.items()}
+
+
+def physical_memory() -> Optional[int]:
+    """This machine's physical memory in bytes (``None`` where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_merge_fits(num_samples: int, image_shape: tuple[int, int, int], memory: Optional[int] = None) -> None:
+    """The merged ``.npz`` holds the N images in one array (uint8 NHWC): refuse, before any sampling, a run whose
+    images alone would not fit in this machine's memory (``memory``: default :func:`physical_memory`)."""
+    memory = physical_memory() if memory is None else memory
+    needed = num_samples * int(np.prod(image_shape))
+    if memory is not None and needed > memory:
+        shape = "x".join(map(str, image_shape))
+        raise ValueError(f"--num_samples {num_samples}: the merged samples_{num_samples}x{shape}.npz would hold "
+                         f"{needed / 2 ** 30:.1f} GiB of images, more than this machine's {memory / 2 ** 30:.1f} GiB "
+                         "of memory: sample fewer (a run grows later with a larger --num_samples)")
 
 
 def merge_shards(directory: str | os.PathLike, plan: SamplePlan) -> Path:

@@ -5,7 +5,7 @@ option groups (:data:`RENAMED_OPTIONS`, :func:`migrate_hyperparameters` for chec
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Literal, Mapping
 
 import torch
 from lightning.pytorch import LightningModule
@@ -214,11 +214,15 @@ class TrainingModule(LightningModule):
         self._generators.clear()  # re-seed with the (possibly resumed) global step
 
     # ------------------------------------------------------------------ checks
-    def check_data(self, image_size: int, in_channels: int, num_classes: Optional[int]) -> None:
-        """Raise before training when the datamodule's images or classes do not fit the network."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+    def check_data(self, datamodule: Any = None) -> None:
+        """Raise before training when the datamodule's images or classes do not fit the network (``self.config``:
+        ``image_size``, ``in_channels``, ``num_classes``); ``datamodule``: default the trainer's."""
+        if datamodule is None:
+            datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is None:
             return
+        image_size, in_channels = self.config.image_size, self.config.in_channels
+        num_classes = getattr(self.config, "num_classes", None)
         data_size, data_channels = getattr(datamodule, "image_size", None), getattr(datamodule, "channels", None)
         if data_size is not None and data_size != image_size:
             raise ValueError(f"the data has {data_size}x{data_size} images but the network was built for "

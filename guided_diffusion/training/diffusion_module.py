@@ -146,7 +146,7 @@ class DiffusionModule(TrainingModule):
         return self.config.num_classes
 
     def setup(self, stage: str) -> None:
-        self.check_data(self.config.image_size, self.config.in_channels, self.config.num_classes)
+        self.check_data()
 
     # ------------------------------------------------------------------ training
     def model_labels(self, y: torch.Tensor, drop: bool) -> Optional[torch.Tensor]:

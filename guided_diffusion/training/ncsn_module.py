@@ -220,7 +220,7 @@ class NCSNModule(TrainingModule):
         return float(sigmas[0] / sigmas[1])
 
     def setup(self, stage: str) -> None:
-        self.check_data(self.config.image_size, self.config.in_channels, self.config.num_classes)
+        self.check_data()
         if self.sigmas is not None:
             return
         datamodule = getattr(self.trainer, "datamodule", None)

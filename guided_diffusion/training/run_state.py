@@ -75,16 +75,19 @@ class SafeCheckpointIO(TorchCheckpointIO):
 def resolve_checkpoint_path(ckpt_path: Optional[str], checkpoint_dirs: Iterable[str | os.PathLike]) -> Optional[Path]:
     """The file a ``--ckpt_path`` names, checked (exists, a file, a PyTorch file), or ``None``.
 
-    ``last`` is the newest ``last.ckpt`` of the checkpoint directories (``None`` when there is none:
-    Lightning then starts from scratch, with a warning); ``best``, ``hpc`` and ``registry`` are left
-    to Lightning (``None``).
+    ``last`` is the newest ``last.ckpt`` of the checkpoint directories; with none there, nothing can be resumed
+    and a ``ValueError`` says so (Lightning would start from scratch after a warning). Without checkpoint
+    directories in the config, ``last`` (like ``best``, ``hpc`` and ``registry``) is left to Lightning (``None``).
     """
     if ckpt_path is None or ckpt_path in SPECIAL_CKPT_PATHS[1:]:
         return None
     if ckpt_path == "last":
-        found = [Path(d) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
-                 for d in checkpoint_dirs if d]
+        dirs = [Path(d) for d in checkpoint_dirs if d]
+        found = [d / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}" for d in dirs]
         found = [path for path in found if path.is_file()]
+        if dirs and not found:
+            raise ValueError(f"--ckpt_path last: no last.ckpt in {', '.join(repr(str(d)) for d in dirs)}, nothing to "
+                             "resume; leave out --ckpt_path to start a new run")
         return max(found, key=lambda path: path.stat().st_mtime) if found else None
     return check_torch_file(ckpt_path, "--ckpt_path checkpoint")
 

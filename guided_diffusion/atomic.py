@@ -42,10 +42,16 @@ def _umask() -> int:
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically."""
+    """``torch.save(obj)`` to ``path`` atomically (torch reports a failed write, e.g. a full disk, as a
+    ``RuntimeError``: it becomes an ``OSError`` naming ``path``)."""
     import torch
 
-    return atomic_write(path, lambda file: torch.save(obj, file))
+    try:
+        return atomic_write(path, lambda file: torch.save(obj, file))
+    except RuntimeError as error:
+        if "write" not in str(error).lower():
+            raise
+        raise OSError(0, f"torch.save failed ({' '.join(str(error).split())[:160]}) writing", str(path)) from None
 
 
 def atomic_savez(path: PathLike, **arrays) -> Path:
@@ -99,7 +105,8 @@ def check_output_file(path: PathLike, option: str, inputs: Mapping[str, Optional
                       ours: Optional[Callable[[Path], bool]] = None, overwrite: bool = False) -> Path:
     """A file a command is about to write, checked before any work: never one of the command's ``inputs``
     (``{"the sample batch": path, ...}``), and an existing file only if the command wrote it (``ours(path)``)
-    or ``overwrite`` is set. Creates nothing; raises ``ValueError`` naming ``option`` and what to do."""
+    or ``overwrite`` is set. Creates nothing; raises ``ValueError`` naming ``option`` and what to do.
+    ``ours=lambda path: True`` keeps only the input check (the library functions; a command checks the rest)."""
     path = Path(path)
     for what, source in inputs.items():
         if source is not None and (same_file(path, source) or path.resolve() == Path(source).resolve()):

@@ -91,15 +91,16 @@ class LaunchOptions:
 
     def check_available(self) -> None:
         """The accelerator and devices exist here: checked before any model loads (one line if not)."""
+        disabled = logging.root.manager.disable
         try:
-            logging.disable(logging.INFO)  # the run's own Fabric reports the precision; this one is only a check
+            logging.disable(max(disabled, logging.INFO))  # the run's own Fabric reports the precision; this checks
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fabric = self.fabric()
         except (RuntimeError, ValueError) as error:
             raise ValueError(f"--accelerator {self.accelerator} --devices {self.devices}: {error}") from None
         finally:
-            logging.disable(logging.NOTSET)
+            logging.disable(disabled)
         if self.resolved_precision == "16-mixed" and fabric.device.type == "cpu":
             raise ValueError("--precision 16-mixed is fp16 autocast on CUDA GPUs; on the CPU Lightning would run bf16 "
                              "instead: give --precision bf16-mixed (or 32-true)")
@@ -123,7 +124,10 @@ def run(launch: LaunchOptions, function, *args):
     (with ``ddp_spawn``: rank 0's)."""
     fabric = launch.fabric()
     if launch.spawns:
-        return fabric.launch(_call, _Arguments(function, args))
+        outcome, value = fabric.launch(_call, _Arguments(function, args))
+        if outcome == "error":
+            raise value  # rank 0's error, as the command line reports it (not a spawn traceback)
+        return value
     fabric.launch()
     return function(fabric, *args)
 
@@ -137,7 +141,12 @@ class _Arguments:
 
 
 def _call(fabric, arguments: _Arguments):
-    return arguments.function(fabric, *arguments.args)
+    """One spawned rank: its result, or its error as a value (every rank reaches the same verdict, so none ends
+    with an exception that the launcher would turn into a traceback)."""
+    try:
+        return "ok", arguments.function(fabric, *arguments.args)
+    except (ValueError, OSError) as error:
+        return "error", error
 
 
 __all__ = ["Precision", "Strategy", "LaunchOptions", "native_bf16", "resolve_precision", "run"]

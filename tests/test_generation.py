@@ -92,6 +92,9 @@ def test_batches_cover_the_missing_samples_and_ranks_split_them_without_overlap(
     work = batches([range(3, 5), range(9, 23)], 4)
     assert [(b.start, b.stop) for b in work] == [(3, 5), (9, 13), (13, 17), (17, 21), (21, 23)]
     assert len(work) == 5 and work[-1] == range(21, 23) and work[1:3] == [range(9, 13), range(13, 17)]
+    huge = batches([range(3, 10 ** 12)], 25)  # computed on demand: no list of 4e10 ranges
+    assert len(huge) == -(-(10 ** 12 - 3) // 25) and huge[10 ** 10] == range(3 + 25 * 10 ** 10, 28 + 25 * 10 ** 10)
+    assert huge[-1] == range(10 ** 12 - 22, 10 ** 12)
     ranks = [list(batches_of_rank(work, rank, 2)) for rank in range(2)]
     assert sorted(i for mine in ranks for b in mine for i in b) == [3, 4, *range(9, 23)]
     assert ranks[1] == [range(9, 13), range(17, 21)]

@@ -54,8 +54,12 @@ def work(tmp_path, monkeypatch, checkpoints):  # noqa: F811
     Path("corrupt_run").mkdir()
     Path("corrupt_run/run.json").write_text('{"layout": 2, "seed": ')
     Path("locked").mkdir()
-    Path("outputs/mnist/diffusion").mkdir(parents=True)
+    Path("outputs/mnist/diffusion/checkpoints").mkdir(parents=True)
     Path("outputs/mnist/diffusion/config.yaml").write_text("# the previous run's config\n")
+    Path("outputs/mnist/diffusion/checkpoints/step=000100.ckpt").write_bytes(Path("diffusion.ckpt").read_bytes())
+    state = torch.load("diffusion.ckpt", weights_only=True)
+    state["hyper_parameters"]["network"] = 5  # hyper-parameters that do not read as the model's
+    torch.save(state, "bad_hparams.ckpt")
     for index, name in enumerate(("a", "b", "c")):  # 3 classes for a 10-class network
         Path("three", name).mkdir(parents=True)
         from PIL import Image
@@ -138,7 +142,10 @@ ROWS = [
     ("exit 0", "labels of another shape", ["evaluate", "ref.npz", "label_matrix.npz", "--features", "mnist"],
      r"'arr_1' has shape \(10, 2\), expected \(10,\) labels, one per image", None),
     ("exit 0", "ckpt_path last with nothing to resume", [*FIT, "--ckpt_path", "last"],
-     r"--ckpt_path last: no last.ckpt in 'outputs/mnist/diffusion/checkpoints', nothing to resume", None),
+     r"--ckpt_path last: 'outputs/mnist/diffusion/checkpoints' holds step=000100.ckpt but no last.ckpt", None),
+    ("message", "a checkpoint whose hyper-parameters do not fit",
+     ["validate", "--config", DIFFUSION_YAML, "--trainer.logger", "false", "--ckpt_path", "bad_hparams.ckpt"],
+     r"--ckpt_path 'bad_hparams.ckpt': its hyper-parameters do not read as the model's \(--model", None),
     ("exit 0", "an accelerator this machine lacks", ["sample", "diffusion.ckpt", "--output", "o", "--accelerator",
                                                      "gpu", "--num_samples", "2"], r"--accelerator gpu --devices 1: ",
      None),
@@ -200,13 +207,43 @@ def test_overwrite_true_writes_where_a_refusal_would_stop(work, capsys):
     main(["evaluate", "ref.npz", "samples.npz", "--features", "mnist", "--output_json", "notes.txt",
           "--progress", "false"], one_line_errors=True)  # now its own results file: rewritten without asking
     main(["export", "diffusion.ckpt", "exported.pt"], one_line_errors=True)
-    main(["export", "diffusion.ckpt", "exported.pt"], one_line_errors=True)  # its own export: rewritten
+    with pytest.raises(SystemExit):  # an earlier export and a released checkpoint look alike: asked
+        main(["export", "diffusion.ckpt", "exported.pt"], one_line_errors=True)
+    assert "exists and was not written by this command" in capsys.readouterr().err
+    main(["export", "diffusion.ckpt", "exported.pt", "--overwrite", "true"], one_line_errors=True)
     assert torch.load("exported.pt", weights_only=True)
 
 
-def test_the_run_lock_is_released_with_the_process(tmp_path):
-    lock = RunLock(tmp_path).acquire()
+def test_the_library_calls_never_write_over_their_inputs(work):
+    from guided_diffusion.checkpoints import export as export_checkpoint
+    from guided_diffusion.evaluation import evaluate
+
+    with pytest.raises(ValueError, match="output_json 'samples.npz' is the sample batch"):
+        evaluate("ref.npz", "samples.npz", features="mnist", output_json="samples.npz")
+    with pytest.raises(ValueError, match="output 'diffusion.ckpt' is the checkpoint"):
+        export_checkpoint("diffusion.ckpt", "diffusion.ckpt")
+
+
+def test_ckpt_path_last_on_a_first_launch_starts_the_run(tmp_path, monkeypatch):
+    """A script that always passes ``--ckpt_path last`` works on its first launch (nothing there yet)."""
+    monkeypatch.chdir(tmp_path)
+    main([*FIT, "--ckpt_path", "last"], one_line_errors=True)
+    assert Path("outputs/mnist/diffusion/checkpoints/last.ckpt").is_file()
+
+
+def test_the_run_lock_is_released_with_the_process(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    lock = RunLock(run).acquire()
     with pytest.raises(ValueError, match=r"is being written by pid %d" % os.getpid()):
-        RunLock(tmp_path).acquire()
+        RunLock(run).acquire()
     lock.release()
-    RunLock(tmp_path).acquire().release()  # free again
+    assert not run.exists()  # the run wrote nothing: its lock file and empty directory are gone
+    RunLock(run).acquire().release()  # free again
+    import fcntl
+
+    def unsupported(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)  # a file system without locks: the run goes on, warned
+    RunLock(run).acquire().release()
+    assert "cannot be locked on this file system (No locks available)" in capsys.readouterr().out

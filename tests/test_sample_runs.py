@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,13 @@ from tests.test_generation import checkpoints, read  # noqa: F401  (the tiny che
 
 OPTIONS = dict(steps="ddim3", accelerator="cpu", progress=False, classes="random", seed=11)
 WRITE_SHARD = runner_module.write_shard
+
+
+def free_port() -> int:
+    """A TCP port free now, for one test's DDP rendezvous (tests run two at a time)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def count_writes(monkeypatch) -> list[range]:
@@ -153,7 +161,7 @@ def test_two_processes_grow_a_one_process_run(checkpoints, tmp_path):  # noqa: F
     common = dict(classifier=checkpoints["classifier"], scale=2.0, steps="ddim3", accelerator="cpu", progress=False)
     one = read(sample(checkpoints["diffusion"], str(tmp_path / "one"), num_samples=8, batch_size=2, **common).samples)
     sample(checkpoints["diffusion"], str(tmp_path / "two"), num_samples=3, batch_size=3, **common)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "MASTER_PORT": str(free_port())}
 
     def two_processes(count):
         args = [checkpoints["diffusion"], "--classifier", checkpoints["classifier"], "--scale", "2", "--num_samples",
@@ -191,9 +199,10 @@ def test_a_sample_run_logs_to_wandb_offline_with_its_grid_cost_and_artifact(chec
     assert artifact["metadata"]["inputs"]["classifier"]["artifact"].startswith("classifier-")
 
 
-def test_ddp_spawn_returns_rank_0s_result_and_equals_one_process(checkpoints, tmp_path):  # noqa: F811
+def test_ddp_spawn_returns_rank_0s_result_and_equals_one_process(checkpoints, tmp_path, monkeypatch):  # noqa: F811
     """``--strategy ddp_spawn``: the processes are started from this one and rank 0's result comes back; with one
     device the strategy needs no launch at all."""
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))  # its own port: another DDP test may run beside it
     common = dict(classifier=checkpoints["classifier"], scale=2.0, num_samples=5, batch_size=2, **OPTIONS)
     one = read(sample(checkpoints["diffusion"], str(tmp_path / "one"), **common).samples)
     spawned = sample(checkpoints["diffusion"], str(tmp_path / "two"), devices=2, strategy="ddp_spawn",
@@ -203,3 +212,6 @@ def test_ddp_spawn_returns_rank_0s_result_and_equals_one_process(checkpoints, tm
     assert np.array_equal(two["arr_0"], one["arr_0"]) and np.array_equal(two["arr_1"], one["arr_1"])
     single = sample(checkpoints["diffusion"], str(tmp_path / "single"), strategy="ddp_spawn", **common)
     assert np.array_equal(read(single.samples)["arr_0"], one["arr_0"])
+    with pytest.raises(ValueError, match=r"settings differ in \['seed'\]"):  # a spawned refusal: one line
+        sample(checkpoints["diffusion"], str(tmp_path / "two"), devices=2, strategy="ddp_spawn", timeout_minutes=2,
+               **{**common, "seed": 12})

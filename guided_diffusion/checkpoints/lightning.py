@@ -17,6 +17,7 @@ from torch import nn
 
 from ..diffusion import DiffusionConfig, GaussianDiffusion
 from ..presets import classifier_config_from_dict, config_from_dict
+from ..atomic import check_output_file
 from ..torch_files import load_torch_file
 from .matching import load_strict
 from .openai import export_openai_checkpoint
@@ -190,6 +191,7 @@ def export(checkpoint: str, output: str, ema: bool = True,
         ema: export the EMA weights of a diffusion model (``false``: the raw weights).
         dtype: floating-point dtype of the exported tensors.
     """
+    check_output_file(output, "output", {"the checkpoint": checkpoint}, ours=lambda path: True)
     loaded = read_training_checkpoint(checkpoint)
     if _is_ncsn_checkpoint(loaded):
         raise ValueError(f"{checkpoint!r} is an NCSNModule checkpoint: the OpenAI layout has no noise-conditional "

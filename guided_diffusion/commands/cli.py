@@ -114,6 +114,8 @@ def _run(command: str, rest: list[str], from_command_line: bool) -> None:
 
 
 def _exit_code(error: BaseException) -> int | None:
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return None  # a network or peer failure is not bad input: its traceback says where
     if type(error).__name__ == "SIGTERMException":
         return EXIT_SIGTERM
     if isinstance(error, KeyboardInterrupt):

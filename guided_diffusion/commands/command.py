@@ -51,8 +51,9 @@ def one_line(error: BaseException) -> str:
     ``--model.init_args.lr: expected a number, got x``."""
     text = str(error)
     key = re.match(r'Parser key "([\w.]+)":', text)
-    if key is None and "\n" not in text.strip():
-        return text.strip() or type(error).__name__
+    if key is None and "Does not validate against any of the Union subtypes" not in text:
+        return "; ".join(" ".join(line.split()) for line in text.strip().splitlines() if line.strip()) or \
+            type(error).__name__
     option = key[1] if key else None
     nested = re.findall(r"Given value: NestedArg\(key='([\w.]+)'", text)
     if option and nested:
@@ -72,7 +73,8 @@ def one_line(error: BaseException) -> str:
     given = re.search(r"Given value: (.*)", text)
     if key and given and "got" not in reason and not nested and len(given[1]) < 80:
         reason += f", got {given[1].strip()!r}"
-    reason = reason[0].lower() + reason[1:]
+    if reason[:1].isupper() and reason[1:2].islower():  # "Option ..." -> "option ...", not "CUDA" -> "cUDA"
+        reason = reason[0].lower() + reason[1:]
     return f"--{option}: {reason}" if option else reason
 
 

@@ -7,8 +7,6 @@ from typing import Literal
 
 from ..atomic import check_output_file
 from ..checkpoints.lightning import export
-from ..checkpoints.openai import is_state_dict
-from ..torch_files import load_torch_file
 from .command import Command
 
 
@@ -21,7 +19,7 @@ class ExportRequest:
         output: the ``.pt`` file to write (atomically).
         ema: export the EMA weights of a diffusion model (``false``: the raw weights).
         dtype: floating-point dtype of the exported tensors.
-        overwrite: write over an existing file that is not an exported network (a state dict of tensors).
+        overwrite: write over an existing file (a released checkpoint and an earlier export look alike: asked).
     """
 
     checkpoint: str
@@ -31,18 +29,9 @@ class ExportRequest:
     overwrite: bool = False
 
 
-def is_exported(path: Path) -> bool:
-    """Whether ``path`` holds what ``gd export`` writes: a plain state dict of tensors (read memory-mapped)."""
-    try:
-        return is_state_dict(load_torch_file(path, "exported network", mmap=True))
-    except (OSError, ValueError):
-        return False
-
-
 def run_export(request: ExportRequest) -> Path:
     """Export a trained diffusion model or classifier to the OpenAI guided-diffusion ``.pt`` layout."""
-    check_output_file(request.output, "output", {"the checkpoint": request.checkpoint}, ours=is_exported,
-                      overwrite=request.overwrite)
+    check_output_file(request.output, "output", {"the checkpoint": request.checkpoint}, overwrite=request.overwrite)
     return export(request.checkpoint, request.output, request.ema, request.dtype)
 
 

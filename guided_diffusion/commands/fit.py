@@ -14,6 +14,7 @@ resolved config is written next to the logs (``config.yaml``) and logged to ever
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any, Sequence
 
 import yaml
@@ -67,7 +68,6 @@ class GuidedDiffusionCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` (one line naming what is wrong), then apply its hyper-parameters as Lightning does,
         with the flat keys of a flat-layout checkpoint moved into their option groups."""
-        import sys
         from pathlib import Path
 
         from ..torch_files import load_torch_file
@@ -85,7 +85,8 @@ class GuidedDiffusionCLI(LightningCLI):
         path = resolve_checkpoint_path(config.get("ckpt_path"), _checkpoint_dirs(trainer.get("callbacks")))
         if path is not None:
             self._resumed_run_ids = logged_run_ids(path)  # reads it safely (memory-mapped)
-            check_checkpoint_module(path, config.get("model"))
+            if subcommand == "fit":  # resuming writes into the run's folder; validate / test / predict only read
+                check_checkpoint_module(path, config.get("model"))
         ckpt_path = config.get("ckpt_path")
         if not ckpt_path or not Path(ckpt_path).is_file():  # as Lightning: ``last`` etc. keep the config's model
             return
@@ -98,9 +99,9 @@ class GuidedDiffusionCLI(LightningCLI):
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         try:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
-        except SystemExit:
-            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
-            raise
+        except argparse.ArgumentError as error:
+            raise ValueError(f"--ckpt_path {ckpt_path!r}: its hyper-parameters do not read as the model's "
+                             f"({one_line(error)})") from None
 
     def before_instantiate_classes(self) -> None:
         """A resumed fit continues the same W&B run (the id its checkpoint recorded)."""
@@ -146,7 +147,12 @@ def check_checkpoint_module(path, model: Any) -> None:
     expected = getattr(model, "class_path", None) or (model.get("class_path") if isinstance(model, dict) else None)
     hparams = load_torch_file(path, "--ckpt_path checkpoint", mmap=True).get("hyper_parameters") or {}
     found = hparams.get("_class_path") if isinstance(hparams, dict) else None
-    if expected and found and expected.rsplit(".", 1)[-1] != found.rsplit(".", 1)[-1]:  # re-exported or not
+    if not expected or not found:
+        return
+    module_name, _, class_name = expected.rpartition(".")
+    trained = getattr(sys.modules.get(module_name), class_name, None)  # imported by the parser already
+    names = {cls.__name__ for cls in trained.__mro__} if isinstance(trained, type) else {class_name}
+    if found.rsplit(".", 1)[-1] not in names:  # the same class, re-exported or not, or one it derives from
         raise ValueError(f"--ckpt_path {str(path)!r} is a {found.rsplit('.', 1)[-1]} checkpoint but the config trains "
                          f"a {expected.rsplit('.', 1)[-1]} ({expected}): give a checkpoint of that run")
 

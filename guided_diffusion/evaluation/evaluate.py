@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
-from ..atomic import atomic_savez, atomic_write_json
+from ..atomic import atomic_savez, atomic_write_json, check_output_file
 from ..content_hash import content_hash, fingerprint_cache, text_digest
 from .features import FeatureExtractor, build_feature_extractor, extract_features, \
     process_group
@@ -167,6 +167,9 @@ def evaluate(ref_batch: str, sample_batch: str, options: Optional[EvaluationOpti
         None), ``notes``, ``details`` and the inputs.
     """
     options = dataclasses.replace(options or EvaluationOptions(), **changes)
+    if output_json is not None:  # never over one of the batches
+        check_output_file(output_json, "output_json", {"the reference batch": ref_batch, "the sample batch":
+                                                       sample_batch}, ours=lambda path: True)
     features, resize, device = options.features, options.resize, options.device
     batch_size, nearest_k = options.batch_size, options.nearest_k
     started = time.perf_counter()

@@ -9,6 +9,7 @@ labels are not those of its indices, is set aside (``*.bad``, never deleted) and
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -225,15 +226,30 @@ class RunLock:
         except ImportError:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        file = open(self.path, "a+")
-        try:
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            file.seek(0)
-            holder = file.read().strip() or "another process"
+        for _ in range(10):  # a lock file removed by its holder between our open and our lock: open it again
+            file = open(self.path, "a+")
+            try:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                file.seek(0)
+                holder = file.read().strip() or "another process"
+                file.close()
+                if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise ValueError(f"{str(self.path.parent)!r} is being written by {holder}: wait for it to finish, "
+                                     "or sample into another directory") from None
+                print(f"warning: {str(self.path.parent)!r} cannot be locked on this file system "
+                      f"({error.strerror or error}); two commands into it would both sample")
+                return self
+            try:
+                same = os.fstat(file.fileno()).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             file.close()
-            raise ValueError(f"{str(self.path.parent)!r} is being written by {holder}: wait for it to finish, or "
-                             "sample into another directory") from None
+        else:
+            raise ValueError(f"{str(self.path.parent)!r}: its lock file keeps changing; is another command writing "
+                             "into it?")
         file.seek(0)
         file.truncate()
         file.write(f"pid {os.getpid()}")
@@ -242,11 +258,16 @@ class RunLock:
         return self
 
     def release(self) -> None:
-        """Remove the lock file (while still holding it) and release the lock: a finished run leaves no file."""
+        """Remove the lock file (while still holding it), then release the lock (a run that waited on the removed
+        file sees it is gone and opens it again); a directory the run left empty is removed too."""
         if self._file is not None:
             self.path.unlink(missing_ok=True)
             self._file.close()  # closing the descriptor releases the lock
             self._file = None
+            try:
+                self.path.parent.rmdir()  # only if empty: a refused run leaves no directory behind
+            except OSError:
+                pass
 
 
 def file_identities(output: str, **paths: Optional[str]) -> dict[str, Optional[str]]:

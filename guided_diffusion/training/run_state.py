@@ -75,9 +75,10 @@ class SafeCheckpointIO(TorchCheckpointIO):
 def resolve_checkpoint_path(ckpt_path: Optional[str], checkpoint_dirs: Iterable[str | os.PathLike]) -> Optional[Path]:
     """The file a ``--ckpt_path`` names, checked (exists, a file, a PyTorch file), or ``None``.
 
-    ``last`` is the newest ``last.ckpt`` of the checkpoint directories; with none there, nothing can be resumed
-    and a ``ValueError`` says so (Lightning would start from scratch after a warning). Without checkpoint
-    directories in the config, ``last`` (like ``best``, ``hpc`` and ``registry``) is left to Lightning (``None``).
+    ``last`` is the newest ``last.ckpt`` of the checkpoint directories. When there is none but the directories
+    hold other checkpoints, a run is there that cannot be resumed as asked, and a ``ValueError`` says so; with
+    no checkpoint at all (the first launch of a script that always passes ``--ckpt_path last``), ``None``:
+    Lightning starts the run after a warning. ``best``, ``hpc`` and ``registry`` are left to Lightning.
     """
     if ckpt_path is None or ckpt_path in SPECIAL_CKPT_PATHS[1:]:
         return None
@@ -85,9 +86,11 @@ def resolve_checkpoint_path(ckpt_path: Optional[str], checkpoint_dirs: Iterable[
         dirs = [Path(d) for d in checkpoint_dirs if d]
         found = [d / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}" for d in dirs]
         found = [path for path in found if path.is_file()]
-        if dirs and not found:
-            raise ValueError(f"--ckpt_path last: no last.ckpt in {', '.join(repr(str(d)) for d in dirs)}, nothing to "
-                             "resume; leave out --ckpt_path to start a new run")
+        others = sorted(path.name for d in dirs if d.is_dir() for path in d.glob("*.ckpt"))
+        if dirs and not found and others:
+            raise ValueError(f"--ckpt_path last: {', '.join(repr(str(d)) for d in dirs)} holds {', '.join(others[:3])}"
+                             " but no last.ckpt: give --ckpt_path the checkpoint to resume, or another folder for a "
+                             "new run")
         return max(found, key=lambda path: path.stat().st_mtime) if found else None
     return check_torch_file(ckpt_path, "--ckpt_path checkpoint")
 

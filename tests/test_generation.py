@@ -30,6 +30,14 @@ DIFFUSION = DiffusionConfig(steps=100, noise_schedule="cosine", learn_sigma=True
 FAST = dict(steps="ddim4", batch_size=4, accelerator="cpu", progress=False)
 
 
+def perturb(module: torch.nn.Module, scale: float) -> torch.nn.Module:
+    """``module`` with Gaussian noise of std ``scale`` added to every parameter (in place; returns it)."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(torch.randn_like(parameter), alpha=scale)
+    return module
+
+
 def save_untrained(module: L.LightningModule, path: Path) -> str:
     """A Lightning checkpoint of ``module`` as training would write it (no training needed)."""
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
@@ -45,17 +53,12 @@ def checkpoints(tmp_path_factory):
     torch.manual_seed(0)
     diffusion = DiffusionModule(network=UNET, diffusion=DIFFUSION, label_dropout=0.1)
     # an untrained UNet ignores its label (zero-initialised residual outputs): give it weights that use it
-    with torch.no_grad():
-        for p in diffusion.ema.module.parameters():
-            p.add_(torch.randn_like(p), alpha=0.05)
+    perturb(diffusion.ema.module, 0.05)
     classifier = lambda **kw: NoisyClassifierModule(network=dataclasses.replace(CLASSIFIER, **kw),  # noqa: E731
                                                     diffusion=DIFFUSION)
     linear = NoisyClassifierModule(network=CLASSIFIER,
                                    diffusion=dataclasses.replace(DIFFUSION, noise_schedule="linear"))
-    sharp = classifier()  # logits far from uniform: the guidance has something to ascend
-    with torch.no_grad():
-        for p in sharp.parameters():
-            p.add_(torch.randn_like(p), alpha=0.2)
+    sharp = perturb(classifier(), 0.2)  # logits far from uniform: the guidance has something to ascend
     return dict(
         diffusion=save_untrained(diffusion, directory / "diffusion.ckpt"),
         classifier=save_untrained(classifier(), directory / "classifier.ckpt"),

@@ -125,7 +125,7 @@ def test_a_run_identity_keeps_its_earlier_form():
     ("sample", ["m.ckpt", "--scale", "nan"], "--scale: guidance scale must be finite and non-negative"),
     ("sample", ["m.ckpt", "--num_samples", "x"], "--num_samples: expected an integer, got 'x'"),
     ("sample", ["m.ckpt", "--guidance", "foo"], "--guidance: expected one of auto, none, classifier, "
-                                                "classifier-free, got foo"),
+                                                "classifier-free, training-free, got foo"),
     ("sample", ["m.ckpt", "--sampler", "pc", "--eta", "0.5"], "eta is an option of ddim; sampler 'pc' does not"),
     ("sample", ["m.ckpt", "--order", "3"], "--order: expected one of 1, 2"),
     ("sample", ["m.ckpt", "--num_samples", "0"], "num_samples and batch_size must be positive"),

@@ -68,10 +68,12 @@ def test_schedule_and_interval_are_sweep_dimensions_with_cost_and_a_pareto_front
     evaluations = [float(row["classifier_evaluations"]) for row in rows]
     assert evaluations[0] == evaluations[2] == 4 and 0 < evaluations[1] == evaluations[3] < 4
     assert all(float(row["model_evaluations"]) == 4 and float(row["seconds_per_sample"]) > 0 for row in rows)
-    # the front: exactly the points no other point beats in both FID and accuracy
-    scored = [(float(row["fid"]), float(row["accuracy"])) for row in rows]
-    for row, (fid, accuracy) in zip(rows, scored):
-        dominated = any(f <= fid and a >= accuracy and (f, a) != (fid, accuracy) for f, a in scored)
+    assert all(float(row["network_evaluations"]) == 4 + float(row["classifier_evaluations"]) for row in rows)
+    # the front: exactly the points no other point beats in FID, accuracy and cost together
+    scored = [(float(row["fid"]), float(row["accuracy"]), float(row["network_evaluations"])) for row in rows]
+    for row, (fid, accuracy, cost) in zip(rows, scored):
+        dominated = any(f <= fid and a >= accuracy and c <= cost and (f, a, c) != (fid, accuracy, cost)
+                        for f, a, c in scored)
         assert row["pareto"] == str(not dominated)
     assert any(row["pareto"] == "True" for row in rows)
     assert (tmp_path / "sweep" / "tradeoff.png").stat().st_size > 10_000

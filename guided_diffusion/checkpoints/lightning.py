@@ -83,7 +83,9 @@ def load_classifier_checkpoint(path: PathLike, *, map_location="cpu"
     """The classifier, the diffusion it was trained on and an info dict, from a ``NoisyClassifierModule`` checkpoint.
 
     The classifier is ``classifier(x_t, t) -> logits`` (original integer t), in eval mode. A timm
-    trunk's ``pretrained_path`` is not needed (the weights are in the checkpoint).
+    trunk's ``pretrained_path`` is not needed (the weights are in the checkpoint). ``info["clean"]`` is
+    ``True`` for a classifier trained with ``noised: false`` (clean images at t = 0: guide through the
+    predicted x_0, :func:`guided_diffusion.guidance.clean.off_the_shelf_guidance`).
     """
     return classifier_from_checkpoint(read_training_checkpoint(path, map_location), str(path))
 
@@ -178,7 +180,10 @@ def classifier_from_checkpoint(checkpoint: Mapping[str, Any], source: str):
     model = classifier_config_from_dict(network).build()
     _load_weights(model, state, f"the classifier weights of {source!r}")
     diffusion = DiffusionConfig(**hparams["diffusion"]).build()
-    return model.eval(), diffusion, _info(checkpoint, "classifier")
+    # noised: false (NoisyClassifierModule) = trained on clean images at t = 0; checkpoints from before the option
+    # were all noise-aware.
+    clean = not bool(hparams.get("noised", True))
+    return model.eval(), diffusion, _info(checkpoint, "classifier", clean=clean)
 
 
 def export(checkpoint: str, output: str, ema: bool = True,

@@ -44,6 +44,10 @@ class LoadedNetwork:
     """Human-readable origin, e.g. ``"model.ckpt (step 300, EMA)"``."""
     null_label: Optional[int] = None
     """Label index meaning "no label" (classifier-free guidance), if the model was trained with one."""
+    clean: bool = False
+    """A classifier trained on clean images only (a ``NoisyClassifierModule`` checkpoint with ``noised: false``):
+    it guides through the predicted x_0 (:func:`guided_diffusion.guidance.clean.off_the_shelf_guidance`), not at
+    x_t. ``False`` for noise-aware classifiers and for every file that does not say (network files, OpenAI files)."""
 
     @property
     def config(self):
@@ -89,7 +93,9 @@ def _load(checkpoint: str | os.PathLike, role: NetworkRole, preset: Optional[str
             return LoadedNetwork(network, diffusion, f"{checkpoint} (step {info['global_step']}, {weights} weights)",
                                  info["null_label"])
         network, diffusion, info = classifier_from_checkpoint(content, os.fspath(checkpoint))
-        return LoadedNetwork(network, diffusion, f"{checkpoint} (step {info['global_step']})")
+        trained_on = ", trained on clean images" if info["clean"] else ""
+        return LoadedNetwork(network, diffusion, f"{checkpoint} (step {info['global_step']}{trained_on})",
+                             clean=info["clean"])
     if kind == "network":
         network = network_from_file_content(content, f"network file {os.fspath(checkpoint)!r}")
         _check_role(network, role, name)

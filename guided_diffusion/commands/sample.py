@@ -15,15 +15,18 @@ With ``--upsampler`` the run is a cascade (ADM-G + ADM-U): each shard's base sam
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from typing import Any, Optional
 
 from ..atomic import check_own_directory
-from ..checkpoints import LoadedNetwork, load_classifier, load_diffusion_model, load_upsampler
+from ..checkpoints import LoadedNetwork, load_classifier, load_diffusion_model, load_timm_classifier, load_upsampler
+from ..checkpoints.timm_file import timm_head_classes
 from ..content_hash import content_hash
-from ..generation.pairing import check_pair, check_upsampler, freeze, label_count
+from ..generation.pairing import check_guide, check_pair, check_upsampler, freeze, label_count
 from ..generation.plan import SamplePlan, parse_classes
 from ..generation.reference_flags import check_flags, translate, uses_reference_flags
-from ..generation.request import OutputOptions, SampleRequest
+from ..generation.request import NetworkFiles, OutputOptions, SampleRequest
+from ..guidance import GuidanceOptions
 from ..generation.runner import SampleResult, ShardJob, Stage, run_shards
 from ..generation.shards import MANIFEST, RUN_FILES, check_merge_fits, read_manifest
 from ..nets import apply_fast_paths
@@ -43,19 +46,20 @@ def run_sample(request: SampleRequest) -> SampleResult:
     check_run_directory(request.output)
     request.launch.check_available()
     check_torch_file(request.checkpoint, "diffusion model checkpoint")
-    for path, what in ((networks.classifier, "classifier checkpoint"),
+    for path, what in ((networks.classifier, "classifier checkpoint"), (networks.guide_model, "guide model checkpoint"),
                        (request.cascade.upsampler, "upsampler checkpoint")):
         if path is not None:
             check_torch_file(path, what)
     model = load_diffusion_model(request.checkpoint, networks.preset, ema=networks.ema)
     check_flags(networks.model_flags, model, "unet", "model")
-    guiding = None
-    if networks.classifier is not None:
-        guiding = load_classifier(networks.classifier, networks.classifier_preset)
-        check_flags(networks.classifier_flags, guiding, "encoder_unet", "classifier")
-        if request.guidance.kind_for(True) == "classifier":
-            check_pair(model, guiding)
-    guidance = request.guidance.build(None if guiding is None else guiding.network, model.null_label)
+    guide = None
+    if networks.guide_model is not None:
+        guide = load_diffusion_model(networks.guide_model, None, ema=networks.ema)
+        check_guide(model, guide, classifier_free=request.guidance.uses_classifier_free)
+    guiding = load_guiding_classifier(networks, model, request.guidance)
+    guidance = request.guidance.build(None if guiding is None else guiding.network, model.null_label,
+                                      guide=None if guide is None else guide.network,
+                                      clean=guiding is not None and guiding.clean)
     num_classes = label_count(model, guiding)
     chosen = parse_classes(plan_options.classes, num_classes)
     plan = SamplePlan(plan_options.num_samples, plan_options.seed, num_classes,
@@ -72,6 +76,8 @@ def run_sample(request: SampleRequest) -> SampleResult:
     settings = dict(preset=networks.preset, ema=networks.ema, classifier_preset=networks.classifier_preset,
                     **request.guidance.identity(), **request.sampler.identity(),
                     precision=request.launch.resolved_precision, **plan.identity())
+    if networks.classifier_arch is not None:  # recorded only when set: earlier runs keep their identity
+        settings["classifier_arch"] = networks.classifier_arch
     upsampler_stage, super_resolution, options = None, None, None
     if request.cascade.upsampler is not None:
         options = request.cascade.sampler_of(request.sampler)
@@ -86,7 +92,7 @@ def run_sample(request: SampleRequest) -> SampleResult:
                         upsampler_steps=options.resolved_steps)
 
     launch = request.launch
-    for network in [model.network] + ([guiding.network] if guiding else []) + (
+    for network in [model.network] + ([guiding.network] if guiding else []) + ([guide.network] if guide else []) + (
             [upsampler_stage.network] if upsampler_stage else []):
         apply_fast_paths(freeze(network), launch.compile, launch.channels_last)
     base = Stage(model.network, model.diffusion, sampling, guidance, condition)
@@ -94,7 +100,10 @@ def run_sample(request: SampleRequest) -> SampleResult:
     size = model.config.image_size
     sampler = request.sampler
     banner = (f"{plan.num_samples} samples from {model.source}"
-              + (f", guided by {guiding.source} at scale {request.guidance.scale}" if guiding else "")
+              + (f", guided by {guiding.source} ({request.guidance.kind_for(True)}"
+                 + (f", scale {request.guidance.scale:g})" if request.guidance.kind_for(True) == "classifier" else ")")
+                 if guiding else "")
+              + (f", autoguided by {guide.source} at w = {request.guidance.guide_scale:g}" if guide else "")
               + f"; {sampler.sampler} {sampler.resolved_steps}"
               + (f"; upsampled {size} -> {super_resolution.config.image_size} px by {super_resolution.source}, "
                  f"{options.sampler} {options.resolved_steps}"
@@ -102,12 +111,41 @@ def run_sample(request: SampleRequest) -> SampleResult:
               + f"; into {output}")
     inputs = dict(checkpoint=request.checkpoint, classifier=networks.classifier, condition=request.condition.path,
                   upsampler=request.cascade.upsampler)
+    if networks.guide_model is not None:  # named only when given: earlier runs keep their identity
+        inputs["guide_model"] = networks.guide_model
     result = run_shards(job, settings, banner, launch, files=inputs, grid=request.output.grid,
                         progress=request.output.progress, started=started, command="gd sample")
     log_run(request.tracking, "sample", result, inputs,
             dict(num_samples=plan.num_samples, batch_size=plan_options.batch_size, devices=launch.devices,
                  num_nodes=launch.num_nodes))
     return result
+
+
+def load_guiding_classifier(networks: NetworkFiles, model: LoadedNetwork,
+                            guidance: GuidanceOptions) -> Optional[LoadedNetwork]:
+    """The classifier of ``--classifier`` (``None``: not given), checked against the model: a noise-aware one (this
+    project's ``.ckpt`` or an OpenAI ``.pt``), a clean one (a ``.ckpt`` trained with ``noised: false``) or a timm
+    network's weights (``--classifier_arch``, clean)."""
+    if networks.classifier is None:
+        return None
+    if networks.classifier_arch is not None:
+        return load_timm_guide(networks.classifier, networks.classifier_arch, model)
+    guiding = load_classifier(networks.classifier, networks.classifier_preset)
+    check_flags(networks.classifier_flags, guiding, "encoder_unet", "classifier")
+    if guidance.kind_for(True) in ("classifier", "training-free"):
+        check_pair(model, guiding, clean=guiding.clean)
+    return guiding
+
+
+def load_timm_guide(path: str, arch: str, model: LoadedNetwork) -> LoadedNetwork:
+    """A timm classifier of clean images from a plain weight file, for the model's images and classes (its class
+    count read from the file's head when the model is unconditional)."""
+    config = model.config
+    num_classes = model.num_classes or timm_head_classes(path, arch, config.in_channels)
+    network = load_timm_classifier(path, arch, num_classes, config.in_channels)
+    network.config = SimpleNamespace(image_size=config.image_size, in_channels=config.in_channels,
+                                     num_classes=num_classes)
+    return LoadedNetwork(network, model.diffusion, f"{path} (timm {arch}, clean images)", clean=True)
 
 
 def log_run(tracking: TrackingOptions, job_type: str, result: SampleResult, paths: dict[str, Optional[str]],

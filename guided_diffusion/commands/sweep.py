@@ -41,8 +41,12 @@ from .command import Command
 from .sample import run_sample
 
 COLUMNS = ("sampler", "steps", "schedule", "interval", "scale", "fid", "sfid", "inception_score", "precision",
-           "recall", "accuracy", "model_evaluations", "classifier_evaluations", "seconds_per_sample", "pareto",
-           "num_samples", "seconds", "samples")
+           "recall", "accuracy", "model_evaluations", "model_gradient_evaluations", "guide_model_evaluations",
+           "classifier_evaluations", "network_evaluations", "seconds_per_sample", "pareto", "num_samples", "seconds",
+           "samples")
+#: The cost columns summed into ``network_evaluations`` (forward passes of any network per sample; a model
+#: evaluation kept for a backward pass through it, as training-free guidance does, counts twice).
+COST_COLUMNS = ("model_evaluations", "model_gradient_evaluations", "guide_model_evaluations", "classifier_evaluations")
 PLOTTED = (("fid", "FID (lower is better)"), ("inception_score", "Inception Score"),
            ("precision", "Precision"), ("recall", "Recall"))
 
@@ -62,13 +66,19 @@ def quality_axis(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def mark_pareto_front(rows: Sequence[dict[str, Any]]) -> None:
-    """``row["pareto"]``: no other point has a lower-or-equal FID and a higher-or-equal quality (one strictly)."""
+    """``row["pareto"]``: no other point is at least as good in FID (lower), quality (higher) and cost (fewer
+    ``network_evaluations`` per sample), and better in one of them."""
     axis = quality_axis(rows)
     scored = [row for row in rows if row.get("fid") is not None and row.get(axis) is not None]
+
+    def cost(row: dict[str, Any]) -> float:
+        return row.get("network_evaluations") or 0.0
+
     for row in rows:
         row["pareto"] = row in scored and not any(
-            other["fid"] <= row["fid"] and other[axis] >= row[axis]
-            and (other["fid"] < row["fid"] or other[axis] > row[axis]) for other in scored)
+            other["fid"] <= row["fid"] and other[axis] >= row[axis] and cost(other) <= cost(row)
+            and (other["fid"] < row["fid"] or other[axis] > row[axis] or cost(other) < cost(row))
+            for other in scored)
 
 
 def point_label(row: dict[str, Any]) -> str:
@@ -272,8 +282,8 @@ def run_sweep(request: SweepRequest) -> dict[str, Any]:
                      "interval": "none" if parse_interval(interval) is None else interval, "scale": scale,
                      **{name: result.value for name, result in results.items()},
                      "accuracy": label_accuracy(sample_features, read_labels(run.samples), evaluation.features),
-                     "model_evaluations": cost.get("model_evaluations"),
-                     "classifier_evaluations": cost.get("classifier_evaluations"),
+                     **{name: cost.get(name) for name in COST_COLUMNS},
+                     "network_evaluations": sum(cost.get(name, 0.0) for name in COST_COLUMNS) if cost else None,
                      "seconds_per_sample": cost.get("seconds"),
                      "num_samples": request.plan.num_samples, "seconds": round(time.perf_counter() - started, 1),
                      "samples": str(run.samples)})
@@ -295,6 +305,7 @@ def run_sweep(request: SweepRequest) -> dict[str, Any]:
     if request.tracking.enabled:
         log_sweep(request.tracking, flatten(request, COMMAND.skip), summary, out,
                   {"checkpoint": request.checkpoint, "classifier": request.networks.classifier,
+                   "guide_model": request.networks.guide_model,
                    "upsampler": request.cascade.upsampler, "reference": reference})
     return summary
 
@@ -321,7 +332,7 @@ def log_sweep(tracking: TrackingOptions, settings: dict[str, Any], summary: dict
 
 def _format_row(row: dict[str, Any]) -> str:
     shown = [f"{row['sampler']} {row['steps']} {point_label(row)}:"]
-    for name in ("fid", "sfid", "inception_score", "precision", "recall", "accuracy", "classifier_evaluations"):
+    for name in ("fid", "sfid", "inception_score", "precision", "recall", "accuracy", "network_evaluations"):
         if row.get(name) is not None:
             shown.append(f"{name}={row[name]:.3f}")
     if row.get("seconds_per_sample") is not None:

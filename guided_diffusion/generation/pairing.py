@@ -14,8 +14,9 @@ from torch import nn
 from ..checkpoints import LoadedNetwork
 
 
-def check_pair(model: LoadedNetwork, classifier: LoadedNetwork) -> None:
-    """The classifier must read the model's x_t: same image size, channels, classes and noise process."""
+def check_pair(model: LoadedNetwork, classifier: LoadedNetwork, *, clean: bool = False) -> None:
+    """The classifier must read the model's x_t: same image size, channels, classes and noise process (``clean``:
+    a classifier of clean images reads the predicted x_0, so only the images and classes must agree)."""
     m, c = model.config, classifier.config
     if (c.image_size, c.in_channels) != (m.image_size, m.in_channels):
         raise ValueError(f"the classifier takes {c.in_channels}x{c.image_size}x{c.image_size} images but the model "
@@ -23,9 +24,37 @@ def check_pair(model: LoadedNetwork, classifier: LoadedNetwork) -> None:
     if model.num_classes is not None and c.num_classes != model.num_classes:
         raise ValueError(f"the classifier knows {c.num_classes} classes but the model {model.num_classes}")
     a, b = model.diffusion, classifier.diffusion
+    if clean:
+        return
     if a.num_timesteps != b.num_timesteps or not np.allclose(a.alphas_cumprod, b.alphas_cumprod, rtol=1e-6):
         raise ValueError(f"the classifier was trained on another noise process ({b.num_timesteps} steps) than the "
                          f"model ({a.num_timesteps} steps, or a different schedule): its gradients would be wrong")
+
+
+def check_guide(model: LoadedNetwork, guide: LoadedNetwork, *, classifier_free: bool = False) -> None:
+    """An autoguidance guide must be a model of the same task: same image size and channels (and low-resolution
+    input for an upsampler), the same classes (or none), the same noise process and the same prediction target
+    (eps, x_0 or v), so that D_0 + w (D_1 - D_0) combines like with like. With classifier-free guidance a
+    class-conditional guide also needs the null label (it is called on the unconditional branch too)."""
+    m, g = model.config, guide.config
+    if (g.image_size, g.in_channels) != (m.image_size, m.in_channels):
+        raise ValueError(f"the guide model makes {g.in_channels}x{g.image_size}x{g.image_size} images but the model "
+                         f"{m.in_channels}x{m.image_size}x{m.image_size} ({guide.source})")
+    if getattr(g, "low_res_size", None) != getattr(m, "low_res_size", None):
+        raise ValueError(f"the guide model and the model read different low-resolution inputs ({guide.source})")
+    if guide.num_classes is not None and guide.num_classes != model.num_classes:
+        raise ValueError(f"the guide model knows {guide.num_classes} classes but the model "
+                         f"{model.num_classes or 'none (unconditional)'}: a guide is the same task, weaker")
+    a, b = model.diffusion, guide.diffusion
+    if a.num_timesteps != b.num_timesteps or not np.allclose(a.alphas_cumprod, b.alphas_cumprod, rtol=1e-6):
+        raise ValueError(f"the guide model was trained on another noise process ({b.num_timesteps} steps, or a "
+                         f"different schedule) than the model ({a.num_timesteps} steps)")
+    if a.mean_type != b.mean_type:
+        raise ValueError(f"the guide model predicts {b.mean_type} but the model {a.mean_type}: autoguidance combines "
+                         "predictions of the same target")
+    if classifier_free and guide.num_classes is not None and guide.null_label is None:
+        raise ValueError("with classifier-free guidance a class-conditional guide model needs the null label (trained "
+                         "with label dropout); use an unconditional guide or one trained with label dropout")
 
 
 def check_upsampler(upsampler: LoadedNetwork, image_size: int, channels: int, num_classes: Optional[int],
@@ -60,4 +89,4 @@ def freeze(network: nn.Module) -> nn.Module:
     return network
 
 
-__all__ = ["check_pair", "check_upsampler", "label_count", "freeze"]
+__all__ = ["check_pair", "check_guide", "check_upsampler", "label_count", "freeze"]

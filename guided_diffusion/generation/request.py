@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..guidance import GuidanceOptions
+from ..guidance.training_free import TRAINING_FREE_SAMPLERS
 from ..launch import LaunchOptions
 from ..noise import NOISE_KINDS, NoiseKind
 from ..option_groups import check_choices
@@ -44,8 +45,14 @@ class NetworkFiles:
     Args:
         preset: network preset of an OpenAI ``.pt`` (default: detected from its keys).
         ema: use the EMA weights of a ``.ckpt`` (``false``: the raw training weights).
-        classifier: noise-aware classifier for classifier guidance (``.ckpt`` or OpenAI ``.pt``).
+        classifier: classifier for classifier guidance: noise-aware (``.ckpt`` or OpenAI ``.pt``), or one of clean
+            images (a ``.ckpt`` trained with ``noised: false``, or timm weights with ``--classifier_arch``), which
+            guides through the predicted x_0 (off-the-shelf guidance); also the objective of training-free guidance.
         classifier_preset: network preset of an OpenAI classifier ``.pt`` (default: detected).
+        classifier_arch: the timm architecture of a plain weight file given as ``--classifier`` (e.g.
+            ``resnet18``; built without downloading anything, its weights read from the file): a clean classifier.
+        guide_model: the weaker model of the same task that guides the model (autoguidance, ``--guide_scale``): an
+            earlier checkpoint of the same run or a smaller network, any file ``--checkpoint`` accepts.
         model_flags: guided-diffusion's MODEL_FLAGS (``"--image_size 64 --num_channels 192 ..."``), checked
             against the model file (the reference's commands run as they are).
         classifier_flags: its CLASSIFIER_FLAGS, checked against the classifier file.
@@ -55,6 +62,8 @@ class NetworkFiles:
     ema: bool = True
     classifier: Optional[str] = None
     classifier_preset: Optional[str] = None
+    classifier_arch: Optional[str] = None
+    guide_model: Optional[str] = None
     model_flags: Optional[str] = None
     classifier_flags: Optional[str] = None
 
@@ -65,6 +74,8 @@ class NetworkFiles:
         parse_flags(self.classifier_flags, "encoder_unet")
         if self.classifier_flags and self.classifier is None:
             raise ValueError("--classifier_flags without a classifier (--classifier / --classifier_path)")
+        if self.classifier_arch is not None and self.classifier is None:
+            raise ValueError("--classifier_arch names the architecture of --classifier FILE: give the file")
 
 
 @dataclass(frozen=True)
@@ -174,7 +185,11 @@ class SampleRequest:
     def __post_init__(self):
         if self.plan.num_samples is None:
             raise ValueError("gd sample needs --num_samples N")
-        self.guidance.check(has_classifier=self.networks.classifier is not None)
+        self.guidance.check(has_classifier=self.networks.classifier is not None,
+                            has_guide=self.networks.guide_model is not None)
+        if self.guidance.guidance == "training-free" and self.sampler.sampler not in TRAINING_FREE_SAMPLERS:
+            raise ValueError(f"training-free guidance steps with {' or '.join(TRAINING_FREE_SAMPLERS)} (it shifts each "
+                             f"step's x_0 and repeats steps), not {self.sampler.sampler}")
 
 
 @dataclass(frozen=True)

@@ -80,12 +80,22 @@ class SamplingCost:
 
     samples: int = 0
     model_evaluations: int = 0
+    model_gradient_evaluations: int = 0
+    """Rows through the model kept for a backward pass (training-free guidance differentiates through it)."""
     classifier_evaluations: int = 0
+    guide_model_evaluations: int = 0
+    """Rows through an autoguidance guide model (a network of the guidance with the role ``guide_model``)."""
     seconds: float = 0.0
 
-    def count(self, network: nn.Module, field: str):
-        """Count the rows ``network`` evaluates into ``field``; returns the hook's handle (``.remove()``)."""
-        return network.register_forward_hook(lambda module, args, output: self._add(field, args[0].shape[0]))
+    def count(self, network: nn.Module, field: str, gradients: Optional[str] = None):
+        """Count the rows ``network`` evaluates into ``field`` (and those evaluated with a graph for a backward pass
+        into ``gradients`` as well); returns the hook's handle (``.remove()``)."""
+        def hook(module, args, output):
+            self._add(field, args[0].shape[0])
+            if gradients is not None and isinstance(output, torch.Tensor) and output.requires_grad:
+                self._add(gradients, args[0].shape[0])
+
+        return network.register_forward_hook(hook)
 
     def _add(self, field: str, rows: int) -> None:
         setattr(self, field, getattr(self, field) + rows)
@@ -96,14 +106,20 @@ class SamplingCost:
             return {}
         return {"model_evaluations": self.model_evaluations / self.samples,
                 "classifier_evaluations": self.classifier_evaluations / self.samples,
+                "model_gradient_evaluations": self.model_gradient_evaluations / self.samples,
+                "guide_model_evaluations": self.guide_model_evaluations / self.samples,
                 "seconds": self.seconds / self.samples}
 
     def describe(self) -> str:
         cost = self.per_sample()
         if not cost:
             return "nothing sampled (every shard was already written)"
-        return (f"{self.samples} samples: {cost['model_evaluations']:g} model and {cost['classifier_evaluations']:g} "
-                f"classifier evaluations and {1000 * cost['seconds']:.1f} ms per sample")
+        gradients = cost["model_gradient_evaluations"]
+        guide = (f" ({gradients:g} with a backward pass)" if gradients else "") + (
+            f", {cost['guide_model_evaluations']:g} guide-model" if cost["guide_model_evaluations"] else "")
+        return (f"{self.samples} samples: {cost['model_evaluations']:g} model{guide} and "
+                f"{cost['classifier_evaluations']:g} classifier evaluations and {1000 * cost['seconds']:.1f} ms per "
+                "sample")
 
 
 @dataclass
@@ -139,9 +155,10 @@ class ShardJob:
     def stages(self) -> list[Stage]:
         return [stage for stage in (self.base, self.upsampler) if stage is not None]
 
-    def classifiers(self) -> list[nn.Module]:
-        """The networks the stages' guidance evaluates (they follow the run to its device)."""
-        return [network for stage in self.stages for network in as_guidance(stage.guidance).networks()]
+    def guidance_networks(self) -> list[tuple[str, nn.Module]]:
+        """``(role, network)`` of the networks the stages' guidance evaluates (they follow the run to its device and
+        are counted as ``<role>_evaluations``)."""
+        return [role for stage in self.stages for role in as_guidance(stage.guidance).network_roles()]
 
     def sample(self, indices: range, device: torch.device) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """The uint8 NHWC images and the labels of samples ``indices`` (a cascade writes its base shard first)."""
@@ -211,10 +228,10 @@ def _run_on_rank(fabric, job: ShardJob, settings: dict[str, Any], files: dict[st
     hooks = []
     for stage in job.stages:
         fabric.strategy.precision.convert_module(stage.network)
-        hooks.append(cost.count(fabric.to_device(stage.network), "model_evaluations"))
-    for network in job.classifiers():
+        hooks.append(cost.count(fabric.to_device(stage.network), "model_evaluations", "model_gradient_evaluations"))
+    for role, network in job.guidance_networks():
         fabric.strategy.precision.convert_module(network)
-        hooks.append(cost.count(fabric.to_device(network), "classifier_evaluations"))
+        hooks.append(cost.count(fabric.to_device(network), f"{role}_evaluations"))
     lock, status = RunLock(job.directory), None
     if rank == 0:  # the ranks learn rank 0's verdict, so a refused run ends on every rank instead of hanging
         try:

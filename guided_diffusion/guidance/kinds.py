@@ -19,6 +19,8 @@ gradient). The options of :class:`ClassifierGuidance`:
 
 - ``interval`` and ``schedule``: see :mod:`.levels` (outside the interval the classifier is not evaluated);
 - ``temperature`` T: the classifier's logits divided by T, log p_T(y | x) = log softmax(l / T)_y;
+- ``margin_temperature`` T_m: a separate temperature for the normaliser (Ma et al. 2023's "marginal" logit
+  temperature), log p(y | x) = l_y / T - logsumexp(l / T_m) (``None``: T_m = T, the tempered softmax);
 - ``gradient_at="x0"``: the gradient of log p(y | x_0_hat, t = 0) at the model's predicted x_0, used in place
   of grad_{x_t} (no Jacobian of the model);
 - ``every`` k: evaluate the gradient at every k-th guided step and reuse it (times the step's scale) in
@@ -37,6 +39,7 @@ import torch
 from torch import nn
 
 from ..diffusion import GaussianDiffusion
+from ..noise import Generators
 from ..tensor_checks import check_index_range
 from .levels import (SCHEDULES, GuidanceInterval, IntervalVariable, NoiseLevel, Schedule, as_interval, check_scale,
                      schedule_factor)
@@ -60,12 +63,32 @@ class Guidance:
         """True when the guidance needs the step's predicted x_0 (SDE samplers then compute it)."""
         return False
 
-    def start(self) -> "Guidance":
-        """The object to use for one sampling run (a fresh copy where the guidance keeps state)."""
+    @property
+    def needs_model_gradient(self) -> bool:
+        """True when the guidance differentiates the model's prediction with respect to x_t (training-free
+        guidance's Delta_t = rho_t grad_{x_t} log f(x0_hat(x_t)): the model's Jacobian). The discrete samplers'
+        predictor then runs the model with gradients and hands ``condition_mean`` / ``condition_eps`` an ``x``
+        that requires grad and ``out["raw_pred_xstart"]``, the model's x_0 before ``denoised_fn`` and clipping,
+        with its graph to ``x``; what the guidance returns is detached before the sampler sees it."""
+        return False
+
+    def start(self, generator: Generators = None) -> "Guidance":
+        """The object to use for one sampling run (a fresh copy where the guidance keeps state).
+
+        Args:
+            generator: the run's noise (one ``torch.Generator`` or one per sample, as the sampler draws from):
+                guidance that draws noise of its own (CADS, training-free recurrence) draws it from these streams,
+                so a sample's guidance noise depends only on its seed, not on its batch.
+        """
         return self
 
     def networks(self) -> list[nn.Module]:
         """The networks this guidance evaluates (they follow a sampling run to its device)."""
+        return [network for _, network in self.network_roles()]
+
+    def network_roles(self) -> list[tuple[str, nn.Module]]:
+        """``(role, network)`` of each network this guidance evaluates; the role names its cost counter
+        (``classifier``, ``guide_model``: ``<role>_evaluations`` per sample in a run's cost line)."""
         return []
 
     def at(self, level: NoiseLevel) -> "Guidance":
@@ -109,13 +132,17 @@ class ClassifierGuidance(Guidance):
         interval: guide only where the step's ``interval_in`` lies in [lo, hi] (inclusive); ``None``: everywhere.
         interval_in: ``t`` (the model's timestep, 0..T-1) or ``sigma`` (sigma_t / alpha_t).
         temperature: T > 0 divides the logits (calibration); 1 is the classifier as trained.
+        margin_temperature: T_m > 0 divides the logits of the normaliser only: log p(y | x) = l_y / T -
+            logsumexp_j(l_j / T_m) (Ma et al. 2023's joint temperature T and marginal temperature T_m;
+            with T_m != T this is not a normalised distribution, only its gradient is used). ``None``: T_m = T.
         gradient_at: ``x_t`` (ADM) or ``x0``: the gradient of log p(y | x_0_hat, t=0) at the predicted x_0.
         every: evaluate the gradient at every k-th guided step and reuse it in between (1: every step).
     """
 
     def __init__(self, classifier: Callable, scale: float = 1.0, *, schedule: Schedule = "constant",
                  interval: Optional[GuidanceInterval | Sequence[float]] = None, interval_in: IntervalVariable = "t",
-                 temperature: float = 1.0, gradient_at: Literal["x_t", "x0"] = "x_t", every: int = 1):
+                 temperature: float = 1.0, gradient_at: Literal["x_t", "x0"] = "x_t", every: int = 1,
+                 margin_temperature: Optional[float] = None):
         self.classifier = classifier
         self.scale = check_scale(scale)
         if isinstance(classifier, nn.Module):
@@ -127,6 +154,17 @@ class ClassifierGuidance(Guidance):
         if not (math.isfinite(float(temperature)) and float(temperature) > 0):
             raise ValueError(f"classifier temperature must be finite and > 0, got {temperature!r}")
         self.temperature = float(temperature)
+        if margin_temperature is not None:
+            try:
+                valid = not isinstance(margin_temperature, bool) and math.isfinite(float(margin_temperature)) \
+                    and float(margin_temperature) > 0
+            except (TypeError, ValueError):
+                valid = False
+            if not valid:
+                raise ValueError(f"classifier margin_temperature must be finite and > 0 (or None: the temperature), "
+                                 f"got {margin_temperature!r}")
+            margin_temperature = float(margin_temperature)
+        self.margin_temperature: Optional[float] = margin_temperature
         if gradient_at not in ("x_t", "x0"):
             raise ValueError(f"gradient_at must be 'x_t' or 'x0', got {gradient_at!r}")
         self.gradient_at = gradient_at
@@ -148,10 +186,10 @@ class ClassifierGuidance(Guidance):
     def uses_x0(self) -> bool:
         return self.gradient_at == "x0"
 
-    def networks(self) -> list[nn.Module]:
-        return [self.classifier] if isinstance(self.classifier, nn.Module) else []
+    def network_roles(self) -> list[tuple[str, nn.Module]]:
+        return [("classifier", self.classifier)] if isinstance(self.classifier, nn.Module) else []
 
-    def start(self) -> "ClassifierGuidance":
+    def start(self, generator: Generators = None) -> "ClassifierGuidance":
         if self.every == 1:
             return self
         run = copy.copy(self)
@@ -179,10 +217,17 @@ class ClassifierGuidance(Guidance):
             if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
                 raise ValueError(f"the classifier must return logits of shape (B, classes), got {tuple(logits.shape)}")
             check_index_range(y, logits.shape[1], "label", f" for a classifier of {logits.shape[1]} classes")
-            log_probs = torch.log_softmax(logits.float() / self.temperature, dim=-1)
-            selected = log_probs[torch.arange(len(y), device=y.device), y]
+            selected = self._log_prob(logits.float(), y)
             grad, = torch.autograd.grad(selected.sum(), x_in)
         return grad.float()
+
+    def _log_prob(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log p(y | x) of each row: log softmax(l / T)_y, or l_y / T - logsumexp(l / T_m) with a margin temperature."""
+        rows = torch.arange(len(y), device=y.device)
+        margin = self.margin_temperature
+        if margin is None or margin == self.temperature:
+            return torch.log_softmax(logits / self.temperature, dim=-1)[rows, y]
+        return logits[rows, y] / self.temperature - torch.logsumexp(logits / margin, dim=-1)
 
     def _gradient(self, x, t_model, y, x0) -> torch.Tensor:
         if self.gradient_at == "x0":
@@ -325,11 +370,11 @@ class GuidanceChain(Guidance):
     def uses_x0(self) -> bool:
         return any(g.uses_x0 for g in self.guidances)
 
-    def start(self) -> "GuidanceChain":
-        return GuidanceChain(g.start() for g in self.guidances)
+    def start(self, generator: Generators = None) -> "GuidanceChain":
+        return GuidanceChain(g.start(generator) for g in self.guidances)
 
-    def networks(self) -> list[nn.Module]:
-        return [network for g in self.guidances for network in g.networks()]
+    def network_roles(self) -> list[tuple[str, nn.Module]]:
+        return [role for g in self.guidances for role in g.network_roles()]
 
     def at(self, level: NoiseLevel) -> Guidance:
         return GuidanceChain(g.at(level) for g in self.guidances)

@@ -1,7 +1,9 @@
 """Ancestral sampling (DDPM, Ho et al. 2020): x_{t-1} ~ N(mu_theta(x_t, t), Sigma_theta(x_t, t)).
 
 Works with any time grid and any variance type (fixed small/large, learned); classifier guidance
-shifts the mean by s * Sigma * grad log p(y | x_t) (Algorithm 1 of Dhariwal & Nichol 2021).
+shifts the mean by s * Sigma * grad log p(y | x_t) (Algorithm 1 of Dhariwal & Nichol 2021). Each step
+goes through :meth:`~.common.GuidedPredictor.step` (repeated, re-noised in between, for a training-free
+guidance with recurrence > 1).
 """
 from __future__ import annotations
 
@@ -38,17 +40,20 @@ def ddpm_sample(model: Callable, diffusion: GaussianDiffusion, x: torch.Tensor, 
         model_kwargs: extra model inputs (e.g. ``low_res`` for super-resolution).
     """
     predictor = GuidedPredictor(model, grid.process(diffusion), y=y, guidance=guidance, clip_denoised=clip_denoised,
-                                denoised_fn=denoised_fn, model_kwargs=model_kwargs)
+                                denoised_fn=denoised_fn, model_kwargs=model_kwargs, generator=generator)
     process = predictor.process
     for step, i in enumerate(steps_with_progress(range(process.num_timesteps - 1, -1, -1), progress, "ddpm")):
-        out = predictor.predict(x, i, "mean")
-        if i > 0:
-            x = out["mean"] + torch.exp(0.5 * out["log_variance"]) * randn(x.shape, generator, x.device, x.dtype)
-        else:
-            x = out["mean"]
+        x, out = predictor.step(x, i, "mean", lambda out, x_t: _ancestral_update(out, x_t, i, generator))
         if callback is not None:
             callback({"i": step, "t": int(process.timestep_map[i]), "sample": x, "pred_xstart": out["pred_xstart"]})
     return x
+
+
+def _ancestral_update(out: dict, x: torch.Tensor, index: int, generator: Generators) -> torch.Tensor:
+    """x_{t-1} ~ N(mean, Sigma) of the prediction ``out``; the mean alone at the last step (index 0)."""
+    if index == 0:
+        return out["mean"]
+    return out["mean"] + torch.exp(0.5 * out["log_variance"]) * randn(x.shape, generator, x.device, x.dtype)
 
 
 __all__ = ["ddpm_sample"]

@@ -5,7 +5,9 @@
 
 eta = 0 is the deterministic probability-flow discretisation (and is invertible: ``ddim_invert``
 runs it forward, image -> noise); eta = 1 matches ancestral sampling with fixed-small variance.
-Classifier guidance enters as an eps shift (Algorithm 2 of Dhariwal & Nichol 2021).
+Classifier guidance enters as an eps shift (Algorithm 2 of Dhariwal & Nichol 2021). Each step of
+:func:`ddim_sample` goes through :meth:`~.common.GuidedPredictor.step` (repeated, re-noised in between, for
+a training-free guidance with recurrence > 1).
 """
 from __future__ import annotations
 
@@ -38,11 +40,10 @@ def ddim_sample(model: Callable, diffusion: GaussianDiffusion, x: torch.Tensor, 
     """
     eta = _check_eta(eta)
     predictor = GuidedPredictor(model, grid.process(diffusion), y=y, guidance=guidance, clip_denoised=clip_denoised,
-                                denoised_fn=denoised_fn, model_kwargs=model_kwargs)
+                                denoised_fn=denoised_fn, model_kwargs=model_kwargs, generator=generator)
     process = predictor.process
     for step, i in enumerate(steps_with_progress(range(process.num_timesteps - 1, -1, -1), progress, "ddim")):
-        out = predictor.predict(x, i, "eps")
-        x = ddim_step(process, out, x, i, eta, generator)
+        x, out = predictor.step(x, i, "eps", lambda out, x_t: ddim_step(process, out, x_t, i, eta, generator))
         if callback is not None:
             callback({"i": step, "t": int(process.timestep_map[i]), "sample": x, "pred_xstart": out["pred_xstart"]})
     return x

@@ -11,7 +11,8 @@ The solver walks any time grid; its registry entry (:mod:`.registry`) places a p
 time-quadratically (``steps=20`` is the grid ``"quad20"``, t_k = (k / 19)^2 (T - 1), dense at low
 noise, where the ODE's solution changes fastest), any other respacing string as given. 10-20 steps
 are enough (Lu et al. 2022). The last step lands on the clean image (sigma = 0), where the update reduces to x = x0.
-Guidance is an eps shift, as for DDIM.
+Guidance is an eps shift, as for DDIM; training-free guidance, which shifts x_0 with eps held fixed, is
+refused (:data:`X0_SHIFT_REFUSAL` says why).
 """
 from __future__ import annotations
 
@@ -27,6 +28,16 @@ from .common import GuidedPredictor
 from .grid import TimeGrid
 
 
+#: Why training-free guidance is refused here. The solver reads only the predicted x_0, its eps implied by x_s
+#: (x_t = (sigma_t / sigma_s) x_s + alpha_t (1 - e^{-h}) x0): an x_0 shift d with eps held fixed, which moves DDIM's
+#: x_t by alpha_t d, moves it by alpha_t (1 - e^{-h}) d here, O(h), vanishing as the grid gets finer; 2M also
+#: extrapolates the shifted x_0 through its history, which a recurrence's re-noising invalidates. Order 1 is DDIM.
+X0_SHIFT_REFUSAL = ("training-free guidance cannot run on dpm-solver: DPM-Solver++ reads only the predicted x_0 (eps "
+                    "implied by x_t), which scales TFG's x_0 shift by 1 - e^{-h}, and extrapolates it through its "
+                    "multistep history, which re-noising breaks; use sampler ddim (DPM-Solver++ order 1 is DDIM eta=0) "
+                    "or ddpm")
+
+
 def dpm_solver_sample(model: Callable, diffusion: GaussianDiffusion, x: torch.Tensor, grid: TimeGrid, *,
                       y: Optional[torch.Tensor] = None, guidance=None, order: Literal[1, 2] = 2,
                       generator: Generators = None, progress: bool = True, callback: StepCallback = None,
@@ -40,7 +51,8 @@ def dpm_solver_sample(model: Callable, diffusion: GaussianDiffusion, x: torch.Te
     if order not in (1, 2):
         raise ValueError(f"DPM-Solver++ order must be 1 or 2, got {order}")
     predictor = GuidedPredictor(model, grid.process(diffusion), y=y, guidance=guidance, clip_denoised=clip_denoised,
-                                denoised_fn=denoised_fn, model_kwargs=model_kwargs)
+                                denoised_fn=denoised_fn, model_kwargs=model_kwargs, generator=generator,
+                                x0_shift_refusal=X0_SHIFT_REFUSAL)
     process = predictor.process
     levels = process.noise_levels
     alpha, sigma, lam = levels.alphas, levels.sigmas, levels.log_snrs.tolist()
@@ -64,4 +76,4 @@ def dpm_solver_sample(model: Callable, diffusion: GaussianDiffusion, x: torch.Te
     return x
 
 
-__all__ = ["dpm_solver_sample"]
+__all__ = ["X0_SHIFT_REFUSAL", "dpm_solver_sample"]

@@ -37,6 +37,7 @@ import torch
 from ..sampler_protocol import model_takes_labels
 from ..diffusion.prediction import eps_from_x0, score_from_eps, x0_from_eps, x0_from_score
 from ..guidance import Guidance, NoiseLevel, as_guidance
+from ..noise import Generators
 from .sdes import SDE, DiscreteVPSDE, as_time, broadcast
 
 TimestepMode = Literal["continuous", "round", "interpolate"]
@@ -188,9 +189,11 @@ class GuidedScore:
     score_model: ScoreModel
     y: Optional[torch.Tensor] = None
     guidance: Optional[Guidance] = None
+    generator: Generators = None
+    """The sampler's noise streams, handed to ``guidance.start`` (guidance noise per sample)."""
 
     def __post_init__(self):
-        self.guidance = as_guidance(self.guidance).start()
+        self.guidance = as_guidance(self.guidance).start(self.generator)
         self.base = self.score_model
         if hasattr(self.score_model, "with_network"):
             self.score_model = self.score_model.with_network(self.guidance.wrap_model(self.score_model.network))

@@ -97,7 +97,7 @@ def ode_sample(score_model: ScoreModel, sde: Optional[SDE], shape_or_noise: Shap
     if not 0 <= t_end < 1:
         raise ValueError(f"eps must lie in [0, 1), got {t_end}")
     x, y = start(score_model, sde, shape_or_noise, y, generator, device)
-    score_fn = GuidedScore(score_model, y, guidance)
+    score_fn = GuidedScore(score_model, y, guidance, generator)
     flat = _Flat(x)
 
     def velocity(t: float, state: np.ndarray) -> np.ndarray:

@@ -161,7 +161,7 @@ def pc_sample(score_model: ScoreModel, sde: Optional[SDE], shape_or_noise: Shape
     sde = check_sde(score_model, sde)
     grid = time_grid(sde, steps, eps, times)
     x, y = start(score_model, sde, shape_or_noise, y, generator, device)
-    score_fn = GuidedScore(score_model, y, guidance)
+    score_fn = GuidedScore(score_model, y, guidance, generator)
     desc = predictor if corrector == "none" else f"{predictor}+{corrector}"
     for k in steps_with_progress(range(len(grid)), progress, desc):
         t = grid[k]
@@ -246,7 +246,7 @@ def annealed_langevin_sample(score_model: ScoreModel, sde: Optional[SDE], shape_
                          f"step alpha_i = step_size sigma_i^2 / sigma_L^2 would exceed twice the level's variance "
                          f"(NCSN: step_size 2e-5 with sigma_L = 0.01); lower it or end at a larger sigma_L")
     x, y = start(score_model, sde, shape_or_noise, y, generator, device)
-    score_fn = GuidedScore(score_model, y, guidance)
+    score_fn = GuidedScore(score_model, y, guidance, generator)
     for i in steps_with_progress(range(len(levels)), progress, "annealed-langevin"):
         t = levels[i]
         alpha = float(step_size * (sde.sigma(t) / sigma_last) ** 2)

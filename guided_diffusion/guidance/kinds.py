@@ -72,6 +72,15 @@ class Guidance:
         with its graph to ``x``; what the guidance returns is detached before the sampler sees it."""
         return False
 
+    @property
+    def shifts_x0(self) -> bool:
+        """True when the guidance moves the predicted x_0 with eps held fixed (training-free guidance): exact for
+        samplers whose update reads the prediction's eps and x_0 as given (DDPM, DDIM); the others refuse it."""
+        return False
+
+    #: How often the samplers make each step (N_recur, re-noising in between: training-free guidance); 1: once.
+    recurrence: int = 1
+
     def start(self, generator: Generators = None) -> "Guidance":
         """The object to use for one sampling run (a fresh copy where the guidance keeps state).
 
@@ -369,6 +378,18 @@ class GuidanceChain(Guidance):
     @property
     def uses_x0(self) -> bool:
         return any(g.uses_x0 for g in self.guidances)
+
+    @property
+    def needs_model_gradient(self) -> bool:
+        return any(g.active and g.needs_model_gradient for g in self.guidances)
+
+    @property
+    def shifts_x0(self) -> bool:
+        return any(g.active and g.shifts_x0 for g in self.guidances)
+
+    @property
+    def recurrence(self) -> int:
+        return max([g.recurrence for g in self.guidances if g.active] + [1])
 
     def start(self, generator: Generators = None) -> "GuidanceChain":
         return GuidanceChain(g.start(generator) for g in self.guidances)

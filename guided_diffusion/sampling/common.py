@@ -62,11 +62,11 @@ class GuidedPredictor:
 
     def __post_init__(self):
         self.guidance = as_guidance(self.guidance).start(self.generator)
-        active = [g for g in _members(self.guidance) if g.active]
-        if self.x0_shift_refusal is not None and any(getattr(g, "shifts_x0", False) for g in active):
+        active = self.guidance.active
+        if self.x0_shift_refusal is not None and active and self.guidance.shifts_x0:
             raise ValueError(self.x0_shift_refusal)
         #: N_recur: how often each step is made (1: once, every guidance but training-free guidance).
-        self.recurrence = max([int(getattr(g, "recurrence", 1)) for g in active] + [1])
+        self.recurrence = int(self.guidance.recurrence) if active else 1
         self.network = self.model
         self.model = self.guidance.wrap_model(self.network)
         self.model_y = self.y if model_takes_labels(self.model) else None
@@ -85,7 +85,7 @@ class GuidedPredictor:
         if guidance.step_dependent:
             guidance = guidance.at(self.level(index))
             model = guidance.wrap_model(self.network)
-        if guidance.active and any(g.needs_model_gradient for g in _members(guidance)):
+        if guidance.active and guidance.needs_model_gradient:
             return self._predict_with_model_gradient(model, guidance, x, t, form)
         with torch.no_grad():
             out = self.process.p_mean_variance(model, x, t, y=self.model_y, clip_denoised=self.clip_denoised,
@@ -141,11 +141,3 @@ class GuidedPredictor:
 
 def _detached(value):
     return value.detach() if isinstance(value, torch.Tensor) else value
-
-
-def _members(guidance: Guidance) -> list[Guidance]:
-    """The guidance kinds a guidance is made of (the members of a chain, flattened; itself otherwise)."""
-    inner = getattr(guidance, "guidances", None)
-    if inner is None:
-        return [guidance]
-    return [member for g in inner for member in _members(g)]

@@ -14,7 +14,7 @@ from PIL import Image
 from guided_diffusion.commands.demo import CONFIGS, DEMO_PRESETS, demo, frame_mean
 from tests.helpers import rescore
 
-QUICK = dict(diffusion_steps=2, classifier_steps=2, scales=[0.0, 2.0], default_scale=2.0, steps="ddim2",
+QUICK = dict(diffusion_steps=4, classifier_steps=2, scales=[0.0, 2.0], default_scale=2.0, steps="ddim2",
              num_samples=20, batch_size=8, classifier_batch_size=8, wandb_mode="disabled", precision="32-true")
 
 
@@ -30,6 +30,17 @@ def test_demo_trains_samples_scores_and_reuses_its_work(tmp_path, capsys):
     options = dict(output=str(tmp_path), **QUICK)
     summary = demo(**options)
     assert [row["scale"] for row in summary["rows"]] == [0.0, 2.0] and summary["default_scale"] == 2.0
+    # the guided row: autoguidance by the run's own step-2 checkpoint (0.4 of 4 steps), the classifier for t in
+    # [400, 800] only
+    alone, guided = summary["rows"]
+    assert summary["guide_step"] == 2 and summary["guide_checkpoint"] == str(tmp_path / "guide.ckpt")
+    guide = torch.load(tmp_path / "guide.ckpt", map_location="cpu", weights_only=True)
+    assert guide["global_step"] == 2
+    assert (alone["guide_scale"], alone["interval"], alone["guide_model_evaluations"]) == (None, "none", 0)
+    assert (guided["guide_scale"], guided["interval"]) == (2.0, "400,800")
+    # ddim2 is t = 0, 500: the classifier (t in [400, 800]) and the guide (t in [300, 1000]) at t = 500 only
+    assert guided["guide_model_evaluations"] == 1 and guided["classifier_evaluations"] == 1
+    assert summary["plan"]["budget_seconds"] is None and summary["plan"]["rates_from"] == "none"
     for row in summary["rows"]:
         samples = np.load(row["samples"])
         assert len(samples["arr_1"]) == 20 and np.bincount(samples["arr_1"]).tolist() == [2] * 10
@@ -40,7 +51,8 @@ def test_demo_trains_samples_scores_and_reuses_its_work(tmp_path, capsys):
     width, height = Image.open(tmp_path / "grid.png").size
     assert (width - 2) % 34 == 0 and (height - 2) % 34 == 0 and width * height > 34 * 34   # 32-px digits + padding
     assert json.loads((tmp_path / "results.json").read_text())["grid_scale"] == 2.0
-    assert (tmp_path / "sweep" / "sweep.csv").exists() and (tmp_path / "sweep" / "sweep.png").exists()
+    for name in ("alone", "guided"):
+        assert (tmp_path / "sweep" / name / "sweep.csv").exists() and (tmp_path / "sweep" / name / "sweep.png").exists()
     out = capsys.readouterr().out
     assert "accuracy" in out and "border" in out and "configs/mnist/diffusion.yaml" in out
 
@@ -76,3 +88,48 @@ def test_demo_rejects_bad_input_before_training(tmp_path):
         demo(output=str(tmp_path), preset="huge", **QUICK)
     assert not any(Path(tmp_path).iterdir())
     assert set(DEMO_PRESETS) == {"default", "long"}
+
+
+def test_the_demo_plans_by_its_budget_and_a_rerun_keeps_the_plan(tmp_path, monkeypatch, capsys):
+    """Without given steps the demo measures the machine, plans its budget, trains what it planned, records the
+    plan in plan.json and results.json, and a re-run of the same request reuses it (no new measurement)."""
+    from guided_diffusion.commands import demo as demo_module
+    from guided_diffusion.commands.demo_plan import Rates
+
+    from guided_diffusion.commands.demo_plan import plan_demo
+
+    rates = Rates(diffusion_step=1.0, classifier_step=1.0, model_forward=0.01, classifier_gradient=0.01, start=5.0)
+    measured = []
+    monkeypatch.setattr(demo_module, "measure_rates", lambda *args, **kwargs: measured.append(args) or rates)
+    options = {key: value for key, value in QUICK.items() if key not in ("diffusion_steps", "classifier_steps")}
+    request = demo_module.COMMAND.request(output=str(tmp_path), budget_minutes=2.6, **options)
+    summary = demo(output=str(tmp_path), budget_minutes=2.6, **options)
+    plan = summary["plan"]
+    expected = plan_demo(156, rates.rounded(), request.sampled_rows(), machine=plan["machine"], measured=rates,
+                         num_samples=20, guide_fraction=0.4)
+    assert len(measured) == 1 and plan == expected.to_json() and plan["rates_from"] == "measured"
+    assert 50 < plan["diffusion_steps"] < 100 and 20 < plan["classifier_steps"] < 50 and plan["guide_step"] >= 10
+    for name in ("diffusion", "classifier"):  # it trained what it planned
+        checkpoint = torch.load(tmp_path / f"{name}.ckpt", map_location="cpu", weights_only=True)
+        assert checkpoint["global_step"] == plan[f"{name}_steps"]
+    recorded = json.loads((tmp_path / "plan.json").read_text())["plan"]
+    assert recorded == plan and json.loads((tmp_path / "results.json").read_text())["plan"] == plan
+    assert "plan for 2.6 min on this machine" in capsys.readouterr().out
+    again = demo(output=str(tmp_path), budget_minutes=2.6, **options)
+    assert len(measured) == 1 and again["plan"] == plan and "recorded in plan.json" in capsys.readouterr().out
+
+
+def test_the_demo_guidance_follows_the_preset_unless_given():
+    from guided_diffusion.commands.demo import DemoOptions, DemoRequest
+    from guided_diffusion.guidance import GuidanceOptions
+
+    guided = DemoRequest().guided
+    assert (guided.guide_scale, guided.guidance_interval, guided.guide_interval) == (2.0, "400,800", "300,1000")
+    assert DemoRequest(guidance=GuidanceOptions(guide_interval="none")).guided.guide_interval is None
+    assert DemoRequest(guidance=GuidanceOptions(guide_scale=1.0)).guided.guide_scale is None      # w = 1: the model
+    assert DemoRequest(guidance=GuidanceOptions(guidance_interval="none")).guided.guidance_interval is None
+    long = DemoRequest(DemoOptions(preset="long")).guided
+    assert (long.guide_scale, long.guidance_interval) == (None, None)                               # ADM's guidance
+    assert [scales for _, scales in DemoRequest().rows()] == [(0.0,), (12.0,)]
+    with pytest.raises(ValueError, match="budget_minutes must be > 0"):
+        DemoOptions(budget_minutes=0)

@@ -27,6 +27,7 @@ _LAZY = {
     "SampleGridCallback": "callbacks",
     "RunCheckpoint": "run_state",
     "SafeCheckpointIO": "run_state",
+    "StepSnapshot": "run_state",
     "SmallSampleFIDCallback": "fid_callback",
     "NCSNModule": "ncsn_module",
 }

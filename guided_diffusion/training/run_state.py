@@ -7,6 +7,8 @@
   ``gd fit ... --ckpt_path last`` resumes exactly there. On SLURM with ``auto_requeue``, Lightning's
   own SIGUSR1 handler saves an ``hpc`` checkpoint and requeues the job; this class covers the rest.
   It also records the W&B run id in every checkpoint, so a resumed run continues the same W&B run.
+* :class:`StepSnapshot` keeps the checkpoint of one chosen step under a fixed name (``gd demo`` guides its
+  model with an early checkpoint of the same run: autoguidance at no extra training).
 * :class:`SafeCheckpointIO` makes the Trainer read ``--ckpt_path`` through
   :func:`guided_diffusion.torch_files.load_torch_file` (``weights_only=True``, one-line errors).
 * :func:`resolve_checkpoint_path` / :func:`logged_run_ids` let the CLI check a ``--ckpt_path`` and
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
@@ -63,6 +65,30 @@ class RunCheckpoint(ModelCheckpoint):
         ids = {"wandb": logger.version for logger in trainer.loggers if isinstance(logger, WandbLogger)}
         if ids.get("wandb"):
             checkpoint[RUN_IDS_KEY] = ids
+
+
+class StepSnapshot(Callback):
+    """Save the checkpoint of optimizer step ``step`` to ``path`` (atomically), once.
+
+    A resumed run that already passed ``step`` keeps the file it wrote then; rank 0 writes (the Trainer's
+    ``save_checkpoint`` gathers what it needs on every rank).
+
+    Args:
+        step: the global step to keep (after that many optimizer steps).
+        path: where its checkpoint goes.
+    """
+
+    def __init__(self, step: int, path: str | os.PathLike):
+        if step < 1:
+            raise ValueError(f"step must be >= 1, got {step}")
+        self.step, self.path = step, Path(path)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and not self.path.exists():
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            trainer.save_checkpoint(tmp)
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -8,8 +8,8 @@ import pytest
 
 from guided_diffusion.commands import demo_plan
 from guided_diffusion.commands.demo_plan import (CLASS_RATES, CLASSIFIER_MAX_STEPS, DIFFUSION_SHARE, FIXED_SECONDS,
-                                                 MARGIN, DemoPlan, Rates, SampledRow, class_rates, guide_step_of,
-                                                 ladder_round, plan_demo, round_down, sampling_seconds)
+                                                 MARGIN, MIN_STEPS, DemoPlan, Rates, SampledRow, class_rates,
+                                                 guide_step_of, ladder_round, plan_demo, round_down, sampling_seconds)
 
 AVX2 = Rates(diffusion_step=0.66, classifier_step=0.32, model_forward=0.32, classifier_gradient=0.16, start=20.0)
 ROWS = [SampledRow("ddim15", classifier=False), SampledRow("ddim15", classifier=True, classifier_interval="400,800",
@@ -85,10 +85,12 @@ def test_given_values_are_kept_and_the_rest_planned_around_them():
     assert plan.classifier_steps == 300 and plan.diffusion_steps > 500
 
 
-def test_a_budget_too_short_is_one_line_naming_the_option():
-    with pytest.raises(ValueError, match=r"^a budget of 2 min is too short.*--budget_minutes") as error:
-        plan_demo(120, AVX2, ROWS, machine="cpu-fp32")
-    assert "\n" not in str(error.value)
+def test_a_budget_too_short_runs_the_least_and_says_so():
+    plan = plan_demo(120, AVX2, ROWS, machine="cpu-fp32")
+    assert (plan.diffusion_steps, plan.classifier_steps) == (MIN_STEPS, MIN_STEPS) and plan.predicted["total"] > 120
+    assert plan.warning.startswith("a budget of 2 min is too short") and "--budget_minutes" in plan.warning
+    assert plan.describe().splitlines()[-1] == f"[demo] warning: {plan.warning}"
+    assert plan_demo(720, AVX2, ROWS, machine="cpu-fp32").warning is None
 
 
 def test_machines_of_one_class_get_one_plan():

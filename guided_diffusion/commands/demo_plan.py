@@ -54,6 +54,8 @@ CLASSIFIER_MAX_STEPS = 1000
 FIXED_SECONDS = 35.0
 #: Fraction of the budget kept back against noise in the measurement and on the machine.
 MARGIN = 0.04
+#: The fewest training steps a plan gives a network (a budget too short for them is overrun, with a warning).
+MIN_STEPS = 50
 #: Sampling batch of the demo (its rates are measured at this batch).
 SAMPLING_BATCH = 50
 #: Measured rates at most this much slower than the class's reference plan with the reference (a slower machine
@@ -226,6 +228,7 @@ class DemoPlan:
         predicted: predicted seconds: ``start`` (before planning, measurement included), ``training``, ``sampling``,
             ``fixed`` and ``total``.
         given: the values the user gave (kept by the plan).
+        warning: why the plan cannot keep its budget (None: it can).
     """
 
     machine: str
@@ -239,6 +242,7 @@ class DemoPlan:
     guide_step: Optional[int]
     predicted: dict
     given: dict
+    warning: Optional[str] = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -268,7 +272,7 @@ class DemoPlan:
         if predicted:
             body += (f"; predicted {predicted['training']:.0f} s training + {predicted['sampling']:.0f} s sampling "
                      f"+ {predicted['start'] + predicted['fixed']:.0f} s the rest = {predicted['total']:.0f} s")
-        return f"{head}\n{body}"
+        return f"{head}\n{body}" + (f"\n[demo] warning: {self.warning}" if self.warning else "")
 
 
 def guide_step_of(diffusion_steps: int, fraction: Optional[float]) -> Optional[int]:
@@ -302,13 +306,14 @@ def plan_demo(budget_seconds: float, rates: Rates, rows: Sequence[SampledRow], *
     training = budget_seconds * (1 - margin) - start - fixed_seconds - sampling
     fixed_training = (diffusion_steps or 0) * rates.diffusion_step + (classifier_steps or 0) * rates.classifier_step
     free = training - fixed_training
-    minimum = 50 * ((diffusion_steps is None) * rates.diffusion_step + (classifier_steps is None) *
-                    rates.classifier_step)
-    if free < minimum:
-        raise ValueError(f"a budget of {budget_seconds / 60:g} min is too short on this machine: sampling "
-                         f"{num_samples} per row takes ~{sampling:.0f} s, the start and fixed costs "
-                         f"~{start + fixed_seconds:.0f} s, and 50 training steps of each network "
-                         f"~{minimum:.0f} s; give a longer --budget_minutes (or fewer --num_samples)")
+    minimum = MIN_STEPS * ((diffusion_steps is None) * rates.diffusion_step + (classifier_steps is None) *
+                           rates.classifier_step)
+    warning = None
+    if free < minimum:  # run anyway (a loaded or slow machine): the least that shows anything, and say so
+        warning = (f"a budget of {budget_seconds / 60:g} min is too short on this machine (sampling {num_samples} "
+                   f"per row ~{sampling:.0f} s, start and fixed costs ~{start + fixed_seconds:.0f} s): training "
+                   f"{MIN_STEPS} steps of each network instead, over the budget (--budget_minutes, --num_samples)")
+        diffusion_steps, classifier_steps = diffusion_steps or MIN_STEPS, classifier_steps or MIN_STEPS
     if diffusion_steps is None and classifier_steps is None:
         classifier_steps = min(round_down(free * (1 - DIFFUSION_SHARE) / rates.classifier_step), CLASSIFIER_MAX_STEPS)
         diffusion_steps = round_down((free - classifier_steps * rates.classifier_step) / rates.diffusion_step)
@@ -321,7 +326,7 @@ def plan_demo(budget_seconds: float, rates: Rates, rows: Sequence[SampledRow], *
                  "sampling": round(sampling, 1), "fixed": fixed_seconds,
                  "total": round(start + training_seconds + sampling + fixed_seconds, 1)}
     return DemoPlan(machine, budget_seconds, measured, rates, rates_from, diffusion_steps, classifier_steps,
-                    num_samples, guide_step_of(diffusion_steps, guide_fraction), predicted, given)
+                    num_samples, guide_step_of(diffusion_steps, guide_fraction), predicted, given, warning)
 
 
 def class_rates(machine: str, measured: Rates) -> tuple[Rates, str]:

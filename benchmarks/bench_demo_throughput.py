@@ -8,7 +8,7 @@ configs' batch sizes) and each precision (``32-true``, ``bf16-mixed``), in one p
 * GFLOP per step: the network's forward and backward counted by ``torch.utils.flop_counter`` (convolutions,
   matmuls, attention; elementwise work is not counted, so the fraction below is a floor);
 * the achieved FLOP rate as a fraction of the same process's dense matmul rate at that precision
-  (1024 x 1024 x 1024, the best the BLAS / oneDNN kernels reach here).
+  (1024 x 1024 x 1024, the fastest of 10: the best the BLAS / oneDNN kernels reach here).
 
 A fraction near 1 says the time goes to the arithmetic the network needs; a low one says it goes elsewhere
 (``--profile`` prints the operators that take it). Say which CPU class the figures come from: ``grep -o
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -32,18 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from guided_diffusion.commands.demo import CONFIGS  # noqa: E402
 from guided_diffusion.commands.demo_plan import time_training_steps  # noqa: E402
 
-
-def matmul_rate(dtype: torch.dtype, size: int = 1024, repeats: int = 10) -> float:
-    """FLOP/s of a dense ``size``-cube matmul in ``dtype`` (median of ``repeats``)."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - started)
-    return 2 * size ** 3 / sorted(times)[len(times) // 2]
+# benchmarks run as scripts, so sibling scripts are importable: one matmul-rate probe
+from bench_fast_paths import matmul_flops  # noqa: E402
 
 
 def step_flops(module, batch_size: int, precision: str) -> float:
@@ -68,7 +57,8 @@ def main() -> None:
     args = parser.parse_args()
     bf16 = "avx512_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else None
     print(f"threads {torch.get_num_threads()}, avx512_bf16: {bf16}")
-    rates = {"32-true": matmul_rate(torch.float32), "bf16-mixed": matmul_rate(torch.bfloat16)}
+    rates = {"32-true": matmul_flops(torch.float32, size=1024, repeats=10),
+             "bf16-mixed": matmul_flops(torch.bfloat16, size=1024, repeats=10)}
     print(f"matmul: fp32 {rates['32-true'] / 1e9:.1f} GFLOP/s, bf16 {rates['bf16-mixed'] / 1e9:.1f} GFLOP/s")
     print(f"{'network':<11} {'precision':<11} {'batch':>5} {'s/step':>7} {'images/s':>9} {'GFLOP/step':>10} "
           f"{'GFLOP/s':>8} {'of matmul':>9}")

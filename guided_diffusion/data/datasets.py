@@ -71,6 +71,14 @@ def random_crop_arr(pil_image: Image.Image, image_size: int, min_crop_frac: floa
     return arr[crop_y:crop_y + image_size, crop_x:crop_x + image_size]
 
 
+def decode_image(path: str | Path, mode: str = "RGB") -> Image.Image:
+    """The image file at ``path`` decoded in full and converted to ``mode`` (``"RGB"`` or ``"L"``; grey-scale,
+    palette, CMYK and alpha images are converted by PIL). A truncated or corrupt file raises one of
+    :data:`BAD_IMAGE_ERRORS` here, not later."""
+    with Image.open(path) as image:
+        return image.convert(mode)
+
+
 class ImageTransform:
     """PIL image or uint8 ``(H, W[, C])`` array -> float ``(C, H, W)`` tensor in [-1, 1].
 
@@ -150,8 +158,7 @@ class ImageFolderDataset(Dataset):
         return len(self.files)
 
     def load(self, path: Path) -> Image.Image:
-        with Image.open(path) as image:
-            return image.convert(self.mode)  # decodes the whole file: truncation raises here
+        return decode_image(path, self.mode)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         for attempt in range(MAX_CONSECUTIVE_BAD_IMAGES):

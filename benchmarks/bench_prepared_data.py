@@ -32,7 +32,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from guided_diffusion.data.datamodule import ImageDataModule  # noqa: E402
-from guided_diffusion.data.prepared import prepare_images  # noqa: E402
+from guided_diffusion.data.prepare import prepare_images  # noqa: E402
 
 
 def make_folder(root: Path, num_images: int, num_classes: int = 10, seed: int = 0) -> None:

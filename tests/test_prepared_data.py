@@ -27,7 +27,8 @@ from PIL import Image
 
 from guided_diffusion.commands.cli import main
 from guided_diffusion.data import ImageDataModule, UnreadableImageError, center_crop_arr
-from guided_diffusion.data.prepared import MANIFEST_NAME, prepare_images, read_manifest
+from guided_diffusion.data.prepare import default_chunk_bytes, parse_bytes, prepare_images
+from guided_diffusion.data.prepared import MANIFEST_NAME, read_manifest
 from guided_diffusion.training import RunCheckpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,10 +79,10 @@ def _decode_ids(x: torch.Tensor) -> list[tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def coded(tmp_path_factory) -> Path:
-    """A prepared set of 96 coded images in 3 classes at 8 px (sorted file order = index order)."""
+    """A prepared set of 96 coded images in 3 classes at 8 px, in chunks of unequal size."""
     root = tmp_path_factory.mktemp("coded")
-    prepare_images(_coded_folder(root / "src", 96, 3), root / "prepared", image_size=8, num_workers=1,
-                   chunk_bytes="2kB")
+    prepare_images(_coded_folder(root / "src", 96, 3), root / "prepared", image_size=8, num_workers=2,
+                   chunk_bytes=1800)  # 14 chunks of 6 or 7 images: chunks straddle ranks
     return root / "prepared"
 
 
@@ -150,6 +151,9 @@ def test_bad_destinations_and_settings_are_refused_in_one_line(tmp_path, capsys,
     assert "already holds files that gd prepare did not write (notes.txt" in refused
     assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
     assert "give --image_size N" in error(src, str(tmp_path / "out"))
+    assert "chunk_bytes '64 bits' is not a size: give bytes or a size such as 64MB" in error(
+        src, str(tmp_path / "out"), "--image_size", "8", "--chunk_bytes", "64 bits")
+    assert not (tmp_path / "out").exists()
     assert "is an object-store URL: prepare into a local folder" in error(src, "s3://bucket/x", "--image_size", "8")
     assert "lies inside SRC" in error(src, str(tmp_path / "src" / "out"), "--image_size", "8")
     assert "does not exist" in error(str(tmp_path / "nothing"), str(tmp_path / "out"), "--image_size", "8")
@@ -164,37 +168,47 @@ def test_on_bad_image_raise_names_the_file_and_keeps_what_was_written(tmp_path):
     _varied_folder(tmp_path / "src")
     with pytest.raises(UnreadableImageError, match=r"cannot read image .*n01_broken\.jpg.*the same command resumes"):
         prepare_images(tmp_path / "src", tmp_path / "out", 8, num_workers=1, on_bad_image="raise")
-    assert not read_manifest_or_none(tmp_path / "out")
+    assert not manifest_complete(tmp_path / "out")
     with pytest.raises(ValueError, match="unfinished gd prepare run: run the same gd prepare command again"):
         ImageDataModule(dataset="prepared", data_dir=str(tmp_path / "out")).setup("fit")
 
 
-def read_manifest_or_none(path: Path):
-    payload = json.loads((path / MANIFEST_NAME).read_text())
-    return payload["complete"]
+def manifest_complete(path: Path) -> bool:
+    return json.loads((path / MANIFEST_NAME).read_text())["complete"]
 
 
-def test_an_interrupted_prepare_resumes_to_the_same_images(tmp_path):
-    """Killed (the whole process group, as a scheduler does) after its first chunks, then run again: every image
-    once, as an uninterrupted run writes them."""
-    src = _coded_folder(tmp_path / "src", 900, 3, size=200)
-    args = [sys.executable, "-m", "guided_diffusion", "prepare", str(src), str(tmp_path / "out"), "--image_size", "8",
-            "--num_workers", "2", "--chunk_bytes", "2kB"]
+def _run_until_chunks(args: list[str], out: Path, chunks: int) -> None:
+    """Start ``gd prepare``, and kill its whole process group (as a scheduler does) once ``out`` holds ``chunks``."""
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
-    while len(list((tmp_path / "out").glob("chunk-*.bin"))) < 4 and process.poll() is None:
+    while len(list(out.glob("chunk-*.bin"))) < chunks and process.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.005)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert not read_manifest_or_none(tmp_path / "out"), "the run finished before it was killed"
-    partial = len(list((tmp_path / "out").glob("chunk-*.bin")))
-    manifest = prepare_images(src, tmp_path / "out", 8, num_workers=2, chunk_bytes="2kB")
-    assert manifest.complete and manifest.num_images == 900 and partial < len(list((tmp_path / "out").glob("*.bin")))
-    dataset = StreamingDataset(str(tmp_path / "out"))
+    assert not manifest_complete(out), "the run finished before it was killed"
+
+
+def test_an_interrupted_prepare_resumes_to_the_same_images(tmp_path):
+    """Killed twice after some chunks, with unreadable files among the images, then run to the end: every readable
+    image written once (LitData alone resumes a worker too early after a skipped file or a second interruption)."""
+    src = _coded_folder(tmp_path / "src", 900, 3, size=200)
+    for i in range(0, 900, 30):  # 30 unreadable files spread through the list
+        (src / f"c{i % 3}" / f"{i:05d}b.png").write_bytes(b"\x89PNG broken")
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "guided_diffusion", "prepare", str(src), str(out), "--image_size", "8",
+            "--num_workers", "2", "--chunk_bytes", "2kB"]
+    _run_until_chunks(args, out, 4)
+    _run_until_chunks(args, out, len(list(out.glob("chunk-*.bin"))) + 6)
+    partial = len(list(out.glob("chunk-*.bin")))
+    manifest = prepare_images(src, out, 8, num_workers=2, chunk_bytes="2kB")
+    assert manifest.complete and manifest.num_images == 900 and len(manifest.skipped) == 30
+    assert partial < len(list(out.glob("*.bin")))
+    dataset = StreamingDataset(str(out))
     indices = sorted(dataset[i]["index"] for i in range(len(dataset)))
-    assert indices == list(range(900))
-    assert not (tmp_path / "out" / ".checkpoints").exists() and not (tmp_path / "out" / ".gd_skipped").exists()
+    readable = [i for i, path in enumerate(sorted(src.rglob("*.png"))) if not path.name.endswith("b.png")]
+    assert indices == readable
+    assert not (out / ".checkpoints").exists() and not (out / ".gd_skipped").exists()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,9 +345,9 @@ def test_gd_fit_three_steps_from_prepared_data_keeps_the_loader_state(workdir):
 def test_chunk_size_and_manifests_of_object_store_urls(coded, monkeypatch):
     from guided_diffusion.data import prepared
 
-    assert prepared.default_chunk_bytes(1_281_167, 64, 3) == 64_000_000  # ImageNet at 64 px: LitData's 64 MB
-    assert prepared.default_chunk_bytes(2000, 64, 3) == 1_000_000  # a small set: 1/64 of it, at least 1 MB
-    assert prepared.default_chunk_bytes(20_000, 64, 3) == 20_000 * 64 * 64 * 3 // 64
+    assert default_chunk_bytes(1_281_167, 64, 3) == 64_000_000  # ImageNet at 64 px: LitData's 64 MB
+    assert default_chunk_bytes(2000, 64, 3) == 1_000_000  # a small set: 1/64 of it, at least 1 MB
+    assert default_chunk_bytes(20_000, 64, 3) == 20_000 * 64 * 64 * 3 // 64
 
     class Bucket:  # an object store holding the prepared folder under s3://bucket/set
         def __init__(self, url, storage_options):
@@ -348,3 +362,61 @@ def test_chunk_size_and_manifests_of_object_store_urls(coded, monkeypatch):
     data = ImageDataModule(dataset="prepared", data_dir="s3://bucket/set", image_size=8)  # no local folder check
     data.setup("fit")
     assert data.num_classes == 3
+
+
+def test_chunk_sizes_parse_as_litdata_reads_them():
+    assert parse_bytes("64MB") == parse_bytes("64mb") == parse_bytes(64_000_000) == 64_000_000
+    assert parse_bytes("2kB") == 2000 and parse_bytes("1.5g") == 1_500_000_000 and parse_bytes("1e6") == 1_000_000
+    for bad in ("0", "-5MB", "MB", "nan", "64 bits"):
+        with pytest.raises(ValueError, match="is not a size"):
+            parse_bytes(bad)
+
+
+@pytest.mark.parametrize("world", ["3 nodes x 2 ranks", "a parallel filesystem"])
+def test_every_sample_once_per_epoch_on_several_nodes_and_parallel_filesystems(coded, monkeypatch, world):
+    """Three epochs on each rank of a world LitData alone gets wrong: on several nodes it reads some samples twice
+    and gives ranks different counts from the second epoch (chunks straddling two nodes), and on a parallel
+    filesystem its window shuffle leaves out 16 of the 96 samples; the prepared set keeps one global shuffle."""
+    from litdata.utilities.env import _DistributedEnv
+
+    if world == "3 nodes x 2 ranks":  # what LitData detects on 3 GPU nodes x 2 GPUs
+        world_size, nodes, workers, batch = 6, 3, 0, 4
+    else:  # what LitData does on NFS / Lustre / GPFS mounts
+        monkeypatch.setenv("LITDATA_POSIX_FAST", "1")
+        world_size, nodes, workers, batch = 2, 1, 2, 4
+    epochs = {}
+    for rank in range(world_size):
+        env = _DistributedEnv(world_size, rank, nodes)
+        monkeypatch.setattr(_DistributedEnv, "detect", classmethod(lambda cls, env=env: env))
+        data = ImageDataModule(dataset="prepared", data_dir=str(coded), image_size=8, batch_size=batch,
+                               num_workers=workers, val_fraction=0)
+        loader = data.train_dataloader()
+        epochs[rank] = [[index for x, _ in loader for index, _ in _decode_ids(x)] for _ in range(3)]
+    for epoch in range(3):
+        assert [len(epochs[rank][epoch]) for rank in range(world_size)] == [96 // world_size] * world_size, epoch
+        assert sorted(sum((epochs[rank][epoch] for rank in range(world_size)), [])) == list(range(96)), epoch
+
+
+def test_a_checkpoint_of_other_data_or_seed_is_refused_in_one_line(coded):
+    def loader(seed):
+        return ImageDataModule(dataset="prepared", data_dir=str(coded), image_size=8, batch_size=4, val_fraction=0,
+                               split_seed=seed).train_dataloader()
+
+    trained = loader(0)
+    iterator = iter(trained)
+    next(iterator)
+    state = trained.state_dict()
+    with pytest.raises(ValueError, match=r"read other data \(seed 0 there, 1 now\): resume with the data.data_dir"):
+        loader(1).load_state_dict(state)
+    resumed = loader(0)
+    resumed.load_state_dict(state)  # the same data and seed: accepted
+    assert len(next(iter(resumed))[0]) == 4
+
+
+def test_splits_and_batches_that_leave_nothing_are_one_line(coded):
+    with pytest.raises(ValueError, match="val_fraction=0.001 of the 96 images .* holds out none"):
+        ImageDataModule(dataset="prepared", data_dir=str(coded), image_size=8, val_fraction=0.001).setup("fit")
+    data = ImageDataModule(dataset="prepared", data_dir=str(coded), image_size=8, batch_size=80, val_fraction=0.5)
+    data.setup("fit")
+    with pytest.raises(ValueError, match="gives no full batch of 80 to every rank and loader worker"):
+        data.train_dataloader()

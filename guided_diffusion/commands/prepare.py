@@ -53,7 +53,7 @@ class PrepareRequest:
 def run_prepare(request: PrepareRequest):
     """Decode, centre-crop and resize every image of a folder once (ADM's pre-processing), into LitData chunks
     that every rank and node streams (the manifest gd_prepared.json lists the classes, counts and settings)."""
-    from ..data.prepared import prepare_images
+    from ..data.prepare import prepare_images
 
     if request.image_size is None:
         raise ValueError("give --image_size N (the side of the stored images: the network's, or larger for random "

@@ -50,7 +50,8 @@ class ImageDataModule(LightningDataModule):
         val_dir: a separate validation folder (of the same kind as ``data_dir``); without it ``val_fraction`` of
             the training images is held out (deterministically).
         image_size: side of the square images the network takes (prepared data: at most the prepared side; a
-            larger prepared side is cropped at load, e.g. ADM's random crop).
+            larger prepared side is resized at load by ``center_crop_arr``, or randomly cropped with
+            ``random_crop``: ADM's classifier recipe).
         channels: image channels (``None``: 1 for MNIST, the prepared channels for prepared data, 3 otherwise;
             folders are converted to RGB or grey-scale accordingly).
         labels_from: class of a folder image: its sub-folder (``"directory"``), the file-name prefix
@@ -182,6 +183,9 @@ class ImageDataModule(LightningDataModule):
         self.channels = manifest.channels
         if manifest.num_images < self.batch_size:
             raise ValueError(f"{where} holds {manifest.num_images} images, fewer than one batch ({self.batch_size})")
+        if not self.val_dir and self.val_fraction > 0 and int(manifest.num_images * self.val_fraction) == 0:
+            raise ValueError(f"val_fraction={self.val_fraction} of the {manifest.num_images} images of {where} holds "
+                             "out none: raise it, give val_dir, or set val_fraction 0")
         if self.val_dir:
             val = read_manifest(self.val_dir)
             if val.class_names != manifest.class_names:
@@ -225,7 +229,12 @@ class ImageDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
         if self.dataset == "prepared":
-            return self._loader(self._prepared_set(train=True), self.batch_size, train=True)
+            loader = self._loader(self._prepared_set(train=True), self.batch_size, train=True)
+            if len(loader) == 0:
+                raise ValueError(f"prepared data {self.data_dir!r} ({self.prepared.num_images} images) gives no full "
+                                 f"batch of {self.batch_size} to every rank and loader worker: a smaller batch_size or "
+                                 "fewer devices / num_workers")
+            return loader
         if len(self.train_set) < self.batch_size:
             raise ValueError(f"the training set has {len(self.train_set)} images, fewer than one batch "
                              f"({self.batch_size})")

@@ -1,56 +1,44 @@
-"""Prepared images: ADM's pre-processing applied once, stored as LitData-optimized chunks, streamed to every rank.
+"""Prepared images: ``gd prepare``'s LitData chunks, streamed to every rank and node, resumable mid-epoch.
 
-guided-diffusion decodes and resizes every JPEG on every epoch. At 64 px that is the bottleneck of a multi-GPU
-node, and on a cluster the shared filesystem is too. :func:`prepare_images` (``gd prepare SRC DEST``) decodes each
-image once, applies :func:`~.datasets.center_crop_arr` (box-halve, bicubic resize of the short side, centre crop)
-and writes the uint8 pixels, the label and the image's position in the sorted file list into LitData chunks
-(``litdata.optimize``: parallel workers, checkpointed, so an interrupted run resumes where it stopped). The chunks
-are read by :func:`prepared_images`, a ``litdata.StreamingDataset`` from a local folder or an object store
-(``s3://``, ``gs://``): every rank and node streams its own share of the chunks, each sample once per epoch, and a
-``litdata.StreamingDataLoader``'s ``state_dict`` (kept in Lightning checkpoints) resumes mid-epoch exactly.
-
-Beside LitData's ``index.json`` the folder holds :data:`MANIFEST_NAME`, the :class:`PreparedManifest`: the
-settings, the class names and counts, the unreadable files that were skipped, and whether the set is complete.
+:mod:`.prepare` writes a folder of chunks once (ADM's pre-processing, uint8) with a manifest,
+:data:`MANIFEST_NAME` (:class:`PreparedManifest`: the settings, the class names and counts, the skipped files, and
+whether the set is complete). :func:`prepared_images` reads it as a ``litdata.StreamingDataset`` from the local
+folder or an object store it was uploaded to (``s3://``; ``gs://`` and ``r2://`` with their SDKs): every rank
+streams its own share, each sample once per epoch, and :class:`PreparedLoader`'s ``state_dict`` (kept in
+Lightning checkpoints) resumes the epoch where it stopped, on the same samples in the same order.
 
 Random crops (the classifier recipe): prepare at a larger side, e.g. ``ceil(64 / 0.8) = 80`` for 64 px, and the
 loader applies :func:`~.datasets.random_crop_arr` to the stored square (short side resized to a random size in
 [64, 80], random 64 px crop). ADM crops from the whole, non-square image; a prepared set keeps its centre square,
 so a crop never reaches into the long side's margins.
 
-Plain PyTorch + PIL + LitData; nothing here imports Lightning.
+Plain PyTorch + LitData; nothing here imports Lightning.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 import tempfile
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Optional
 
-import litdata
 import numpy as np
 import torch
-from litdata import StreamingDataLoader, StreamingDataset, train_test_split
 
-from ..atomic import atomic_write_json, check_output_directory
-from .datasets import (
-    BAD_IMAGE_ERRORS,
-    BadImagePolicy,
-    ImageTransform,
-    LabelSource,
-    UnreadableImageError,
-    center_crop_arr,
-    decode_image,
-    folder_labels,
-    list_image_files,
-)
+# LitData 0.2.76 asks PyPI for a newer version only when told to; never from here (no network at run time).
+os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
+# LitData lowers a loader's num_workers when a machine has little free memory. Ranks must agree on it (LitData
+# splits the samples by rank x worker) and a resume must see the same: data.num_workers is taken as given.
+os.environ.setdefault("LITDATA_POSIX_MAX_WORKERS", "0")
+import litdata  # noqa: E402
+from litdata import StreamingDataLoader, StreamingDataset, train_test_split  # noqa: E402
+from litdata.utilities.env import _DistributedEnv  # noqa: E402
+
+from .datasets import ImageTransform  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +46,8 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "gd_prepared.json"
 FORMAT = "guided-diffusion/prepared-images"
 FORMAT_VERSION = 1
-#: Where the workers of an unfinished run record the files they skipped (removed when the run completes).
-SKIPPED_DIR = ".gd_skipped"
-#: Seed of the order the images are written in (a random mix of classes in every chunk).
-WRITE_ORDER_SEED = 0
-MB = 1_000_000
-#: URL schemes read through LitData (object stores).
-REMOTE_SCHEMES = ("s3", "gs", "r2", "azure", "hf")
+#: URL schemes of the object stores LitData reads (``gs://`` needs google-cloud-storage installed).
+REMOTE_SCHEMES = ("s3", "gs", "r2")
 
 
 def is_remote(location: str | os.PathLike) -> bool:
@@ -177,174 +160,10 @@ def _download_text(url: str, storage_options: dict) -> str:
         try:
             _get_fs_provider(url, storage_options).download_file(url, local)
             return Path(local).read_text()
-        except (OSError, ValueError) as error:
-            raise FileNotFoundError(f"cannot read {url} ({type(error).__name__}: {error}): is it a folder gd "
-                                    "prepare wrote (and uploaded)?") from None
-
-
-# ----------------------------------------------------------------------------------------------
-# Writing
-
-
-@dataclass(frozen=True)
-class _PrepareItem:
-    """``(index, path, label) -> {"image", "label", "index"}`` in a LitData worker (``None``: skipped)."""
-
-    image_size: int
-    mode: str
-    on_bad_image: BadImagePolicy
-    skipped_log: str
-
-    def __call__(self, item: Sequence) -> Optional[dict[str, Any]]:
-        index, path, label = item
-        try:
-            image = decode_image(path, self.mode)
-        except BAD_IMAGE_ERRORS as error:
-            if self.on_bad_image == "raise":
-                raise UnreadableImageError(f"cannot read image {path}: {error} (give --on_bad_image skip to skip "
-                                           "such files)") from None
-            log.warning("skipping unreadable image %s (%s: %s)", path, type(error).__name__, error)
-            with open(os.path.join(self.skipped_log, f"{os.getpid()}.txt"), "a") as file:
-                file.write(path + "\n")
-            return None
-        return {"image": np.ascontiguousarray(center_crop_arr(image, self.image_size)), "label": int(label),
-                "index": int(index)}
-
-
-def default_chunk_bytes(num_images: int, image_size: int, channels: int) -> int:
-    """LitData's recommended 64 MB, or 1/64 of the set (at least 1 MB) when that is smaller: a small set still makes
-    enough chunks for every loader worker of every rank to stream several (ImageNet at 64 px: 15.7 GB, 64 MB)."""
-    total = num_images * image_size * image_size * channels
-    return int(min(64 * MB, max(MB, total // 64)))
-
-
-def _files_sha256(files: Sequence[Path], root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
-    return digest.hexdigest()
-
-
-def _check_destination(dest: Path, planned: PreparedManifest) -> Optional[PreparedManifest]:
-    """The manifest already in ``dest`` if it is this job (to resume or finish), ``None`` for a new or empty
-    folder; ``ValueError`` in one line when ``dest`` holds anything else."""
-    check_output_directory(dest, "DEST")
-    if not dest.exists() or not any(dest.iterdir()):
-        return None
-    path = dest / MANIFEST_NAME
-    if not path.is_file():
-        shown = ", ".join(sorted(p.name for p in dest.iterdir())[:3])
-        raise ValueError(f"DEST {str(dest)!r} already holds files that gd prepare did not write ({shown}...): choose "
-                         "a new or empty folder")
-    try:
-        found = PreparedManifest.from_json(json.loads(path.read_text()), str(path))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}): choose a new or empty folder") from None
-    differences = planned.differences(found)
-    if differences:
-        raise ValueError(f"DEST {str(dest)!r} holds images prepared with other settings ({'; '.join(differences)}): "
-                         "choose a new or empty folder")
-    return found
-
-
-def _raised_unreadable(error: BaseException) -> Optional[str]:
-    """The message of an :class:`UnreadableImageError` a LitData worker raised (it reaches us as text)."""
-    match = re.search(r"UnreadableImageError: (cannot read image .*)", str(error))
-    return match[1].strip() if match else None
-
-
-def _written_count(dest: Path) -> int:
-    index = json.loads((dest / "index.json").read_text())
-    return sum(int(chunk["chunk_size"]) for chunk in index["chunks"])
-
-
-def prepare_images(src: str | os.PathLike, dest: str | os.PathLike, image_size: int,
-                   labels_from: LabelSource = "directory", channels: Literal[1, 3] = 3,
-                   num_workers: Optional[int] = None, on_bad_image: BadImagePolicy = "skip",
-                   classes_from: Optional[str | os.PathLike] = None, chunk_bytes: Optional[str | int] = None,
-                   verbose: bool = False) -> PreparedManifest:
-    """Prepare the images under ``src`` into ``dest`` once (see the module docstring); returns the manifest.
-
-    Args:
-        src: an image folder (``labels_from="directory"``: one sub-folder per class).
-        dest: a new or empty local folder, or one an interrupted run of the same job left (it resumes).
-        image_size: side of the stored images (the network's, or larger for random crops).
-        labels_from: a file's class: its sub-folder, its file-name prefix before ``_``, or none.
-        channels: 3 (RGB) or 1 (grey-scale).
-        num_workers: processes decoding in parallel (default: the CPU count).
-        on_bad_image: ``"skip"`` unreadable files (warned about, counted and listed in the manifest) or
-            ``"raise"`` (the run stops naming the file; what was written is kept and a re-run resumes).
-        classes_from: a prepared folder whose class names (and so class indices) this set takes: a validation
-            set prepared with the training set's classes.
-        chunk_bytes: size of a LitData chunk (``"64MB"`` or bytes); default :func:`default_chunk_bytes`.
-        verbose: show LitData's progress.
-    """
-    if image_size < 1:
-        raise ValueError(f"image_size must be >= 1, got {image_size}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
-    if num_workers is not None and num_workers < 1:
-        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    if is_remote(dest):
-        raise ValueError(f"DEST {str(dest)!r} is an object-store URL: prepare into a local folder (a re-run resumes "
-                         "it there), then upload the folder (e.g. aws s3 sync DEST s3://...); training reads the URL")
-    src, dest = Path(src).resolve(), Path(dest).resolve()
-    if dest == src or src in dest.parents:
-        raise ValueError(f"DEST {str(dest)!r} lies inside SRC {str(src)!r}: its chunks would be read as source "
-                         "files by a re-run; choose a folder outside SRC")
-    known_classes = read_manifest(classes_from).class_names if classes_from is not None else None
-    files = list_image_files(src)
-    labels, class_names = folder_labels(files, src, labels_from, known_classes)
-    workers = max(1, min(num_workers or os.cpu_count() or 1, len(files)))
-    planned = PreparedManifest(image_size=image_size, channels=channels, labels_from=labels_from,
-                               class_names=tuple(class_names), num_source_files=len(files),
-                               files_sha256=_files_sha256(files, src), source=str(src), num_workers=workers)
-    found = _check_destination(dest, planned)
-    if found is not None and found.complete:
-        log.info("%s is already prepared (%d images)", dest, found.num_images)
-        return found
-    if found is not None and found.num_workers and found.num_workers != workers:
-        log.warning("resuming with the %d workers the interrupted run had (LitData resumes only so)",
-                    found.num_workers)
-        planned = dataclasses.replace(planned, num_workers=found.num_workers)
-    dest.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(dest / MANIFEST_NAME, planned.to_json())
-    skipped_log = dest / SKIPPED_DIR
-    skipped_log.mkdir(exist_ok=True)
-    if not (dest / "index.json").is_file():  # else: an earlier run wrote every chunk but stopped before the manifest
-        work = _PrepareItem(image_size, "RGB" if channels == 3 else "L", on_bad_image, str(skipped_log))
-        # In a seeded random order, so that every chunk (and so every stretch of the stream, which LitData shuffles
-        # by chunk and by blocks of 256 within a chunk) mixes the classes instead of holding a class-sorted run.
-        # Lists, not tuples: LitData compares them with its checkpoint's JSON copy to resume.
-        order = np.random.default_rng(WRITE_ORDER_SEED).permutation(len(files))
-        inputs = [[int(i), str(files[i]), labels[i]] for i in order]
-        try:
-            chunk_bytes = chunk_bytes or default_chunk_bytes(len(files), image_size, channels)
-            litdata.optimize(fn=work, inputs=inputs, output_dir=str(dest), chunk_bytes=chunk_bytes,
-                             num_workers=planned.num_workers, use_checkpoint=True,
-                             reorder_files=False, verbose=verbose)
-        except RuntimeError as error:
-            message = _raised_unreadable(error)
-            if message is None:
-                raise
-            raise UnreadableImageError(f"{message}; what was prepared is kept: the same command resumes") from None
-    skipped = sorted({line for log_file in skipped_log.glob("*.txt") for line in log_file.read_text().splitlines()
-                      if line})
-    skipped_set = set(skipped)
-    counts = Counter(label for path, label in zip(files, labels) if str(path) not in skipped_set)
-    written = _written_count(dest)
-    if written != len(files) - len(skipped):
-        raise RuntimeError(f"{dest}: {written} images written, but {len(files)} files minus {len(skipped)} skipped "
-                           f"= {len(files) - len(skipped)}: prepare again into a new folder")
-    manifest = dataclasses.replace(
-        planned, num_images=written, class_counts=tuple(counts.get(i, 0) for i in range(len(class_names))),
-        skipped=tuple(str(Path(path).relative_to(src)) for path in skipped), complete=True)
-    atomic_write_json(dest / MANIFEST_NAME, manifest.to_json())
-    shutil.rmtree(skipped_log, ignore_errors=True)
-    shutil.rmtree(dest / ".checkpoints", ignore_errors=True)
-    if skipped:
-        log.warning("%d unreadable image(s) skipped; they are listed in %s", len(skipped), dest / MANIFEST_NAME)
-    return manifest
+        except Exception as error:  # noqa: BLE001  (boto3 / the cloud SDKs raise their own types: named here)
+            reason = " ".join(f"{type(error).__name__}: {error}".split())
+            raise FileNotFoundError(f"cannot read {url} ({reason}): is it a folder gd prepare wrote (uploaded), "
+                                    "and are the store's credentials set?") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,10 +201,28 @@ def prepared_images(data_dir: str, transform: ImageTransform, *, shuffle: bool, 
     """
     dataset = StreamingDataset(str(data_dir), shuffle=shuffle, drop_last=drop_last, seed=seed,
                                storage_options=storage_options or {}, transform=_ItemTransform(transform))
+    _one_global_shuffle(dataset)
     if val_fraction <= 0:
         return dataset
     train, val = train_test_split(dataset, splits=[1.0 - val_fraction, val_fraction], seed=seed)
     return train if split == "train" else val
+
+
+def _one_global_shuffle(dataset: StreamingDataset) -> None:
+    """Make LitData assign samples to ranks by one global shuffle every epoch, as it does on one node.
+
+    On several nodes LitData 0.2.76 keeps each node on the chunks it read in epoch 1 (for its cache) and from
+    epoch 2 hands them out whole within the node: chunks that straddled two nodes are then read by both, and the
+    ranks of different nodes get different sample counts (a hang at the epoch's end). On a parallel filesystem
+    (NFS, Lustre, GPFS, ...) it switches to a "window" shuffle that gives whole chunks to loader workers and cuts
+    every worker to the smallest one's share. Both break "each sample once per epoch, the same count on every
+    rank", so the dataset sees the world as one node and keeps the global shuffle (chunks are still read in place
+    or cached; only the assignment changes).
+    """
+    env = dataset.distributed_env
+    dataset.distributed_env = _DistributedEnv(env.world_size, env.global_rank, 1)
+    if dataset.posix_fast is not None and dataset.posix_fast.window_shuffle:
+        dataset.posix_fast = None
 
 
 def _plain(value: Any) -> Any:
@@ -407,6 +244,19 @@ class PreparedLoader(StreamingDataLoader):
     def state_dict(self) -> dict[str, Any]:
         return _plain(super().state_dict())
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume the epoch; a checkpoint of another data folder or shuffle seed is refused in one line (LitData would
+        fail inside a loader worker)."""
+        saved = state.get("dataset") or {}
+        ours = {"data": self.dataset.input_dir.url or self.dataset.input_dir.path, "seed": self.dataset.seed}
+        theirs = {"data": saved.get("input_dir_url") or saved.get("input_dir_path"), "seed": saved.get("seed")}
+        changed = [f"{key} {theirs[key]!r} there, {ours[key]!r} now" for key in ours
+                   if theirs[key] is not None and theirs[key] != ours[key]]
+        if changed:
+            raise ValueError(f"the checkpoint's training loader read other data ({'; '.join(changed)}): resume with "
+                             "the data.data_dir and data.split_seed it was trained with")
+        super().load_state_dict(state)
 
-__all__ = ["MANIFEST_NAME", "PreparedLoader", "PreparedManifest", "default_chunk_bytes", "is_remote", "prepare_images",
-           "prepared_images", "read_manifest"]
+
+__all__ = ["MANIFEST_NAME", "PreparedLoader", "PreparedManifest", "is_remote", "litdata", "prepared_images",
+           "read_manifest"]

@@ -32,7 +32,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from guided_diffusion.data.datamodule import ImageDataModule  # noqa: E402
-from guided_diffusion.data.prepare import prepare_images  # noqa: E402
+from guided_diffusion.data.prepare import PrepareOptions, prepare_images  # noqa: E402
 
 
 def make_folder(root: Path, num_images: int, num_classes: int = 10, seed: int = 0) -> None:
@@ -85,7 +85,8 @@ def main() -> None:
     for name, (stored, random_crop) in recipes.items():
         dest = work / f"prepared{stored}-{args.chunk_bytes or 'default'}"
         start = time.perf_counter()
-        manifest = prepare_images(folder, dest, stored, num_workers=args.num_workers, chunk_bytes=args.chunk_bytes)
+        manifest = prepare_images(folder, dest, PrepareOptions(image_size=stored, num_workers=args.num_workers,
+                                                               chunk_bytes=args.chunk_bytes))
         prepare_rate = manifest.num_images / (time.perf_counter() - start)
         rates: dict[str, list[float]] = {"folder": [], "prepared": []}
         for _ in range(args.repeats):

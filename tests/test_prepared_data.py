@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -27,7 +28,7 @@ from PIL import Image
 
 from guided_diffusion.commands.cli import main
 from guided_diffusion.data import ImageDataModule, UnreadableImageError, center_crop_arr
-from guided_diffusion.data.prepare import default_chunk_bytes, parse_bytes, prepare_images
+from guided_diffusion.data.prepare import PrepareOptions, default_chunk_bytes, parse_bytes, prepare_images
 from guided_diffusion.data.prepared import MANIFEST_NAME, read_manifest
 from guided_diffusion.training import RunCheckpoint
 
@@ -81,8 +82,9 @@ def _decode_ids(x: torch.Tensor) -> list[tuple[int, int]]:
 def coded(tmp_path_factory) -> Path:
     """A prepared set of 96 coded images in 3 classes at 8 px, in chunks of unequal size."""
     root = tmp_path_factory.mktemp("coded")
-    prepare_images(_coded_folder(root / "src", 96, 3), root / "prepared", image_size=8, num_workers=2,
-                   chunk_bytes=1800)  # 14 chunks of 6 or 7 images: chunks straddle ranks
+    # 14 chunks of 6 or 7 images: chunks straddle ranks
+    prepare_images(_coded_folder(root / "src", 96, 3), root / "prepared",
+                   PrepareOptions(image_size=8, num_workers=2, chunk_bytes="1800"))
     return root / "prepared"
 
 
@@ -116,8 +118,8 @@ def test_prepared_images_equal_adm_preprocessing_bit_for_bit(tmp_path, capsys):
 
 def test_grey_scale_and_filename_labels(tmp_path):
     files = _varied_folder(tmp_path / "src")
-    manifest = prepare_images(tmp_path / "src", tmp_path / "out", 8, labels_from="filename", channels=1,
-                              num_workers=1)
+    manifest = prepare_images(tmp_path / "src", tmp_path / "out",
+                              PrepareOptions(image_size=8, labels_from="filename", channels=1, num_workers=1))
     assert manifest.channels == 1 and manifest.class_names == ("n01", "n02", "n03")
     ordered = sorted([*files, tmp_path / "src" / "n01" / "n01_broken.jpg"])
     dataset = StreamingDataset(str(tmp_path / "out"))
@@ -128,8 +130,8 @@ def test_grey_scale_and_filename_labels(tmp_path):
     # The validation set takes the training set's classes (and indices), also when it has fewer of them.
     for path in (tmp_path / "src" / "n02").iterdir():
         path.unlink()
-    val = prepare_images(tmp_path / "src", tmp_path / "val", 8, channels=1, num_workers=1,
-                         classes_from=tmp_path / "out")
+    val = prepare_images(tmp_path / "src", tmp_path / "val",
+                         PrepareOptions(image_size=8, channels=1, num_workers=1, classes_from=str(tmp_path / "out")))
     assert val.class_names == manifest.class_names and val.class_counts == (6, 0, 6)
 
 
@@ -167,7 +169,8 @@ def test_bad_destinations_and_settings_are_refused_in_one_line(tmp_path, capsys,
 def test_on_bad_image_raise_names_the_file_and_keeps_what_was_written(tmp_path):
     _varied_folder(tmp_path / "src")
     with pytest.raises(UnreadableImageError, match=r"cannot read image .*n01_broken\.jpg.*the same command resumes"):
-        prepare_images(tmp_path / "src", tmp_path / "out", 8, num_workers=1, on_bad_image="raise")
+        prepare_images(tmp_path / "src", tmp_path / "out", PrepareOptions(image_size=8, num_workers=1,
+                                                                          on_bad_image="raise"))
     assert not manifest_complete(tmp_path / "out")
     with pytest.raises(ValueError, match="unfinished gd prepare run: run the same gd prepare command again"):
         ImageDataModule(dataset="prepared", data_dir=str(tmp_path / "out")).setup("fit")
@@ -201,7 +204,7 @@ def test_an_interrupted_prepare_resumes_to_the_same_images(tmp_path):
     _run_until_chunks(args, out, 4)
     _run_until_chunks(args, out, len(list(out.glob("chunk-*.bin"))) + 6)
     partial = len(list(out.glob("chunk-*.bin")))
-    manifest = prepare_images(src, out, 8, num_workers=2, chunk_bytes="2kB")
+    manifest = prepare_images(src, out, PrepareOptions(image_size=8, num_workers=2, chunk_bytes="2kB"))
     assert manifest.complete and manifest.num_images == 900 and len(manifest.skipped) == 30
     assert partial < len(list(out.glob("*.bin")))
     dataset = StreamingDataset(str(out))
@@ -288,8 +291,8 @@ def _lines(path: str) -> list[list[int]]:
 def test_two_ddp_ranks_see_every_sample_once_per_epoch(coded, tmp_path):
     data = ImageDataModule(dataset="prepared", data_dir=str(coded), image_size=8, batch_size=4, val_fraction=0,
                            num_workers=1)
-    trainer = _trainer(tmp_path, steps=24, devices=2, strategy=DDPStrategy(start_method="spawn", timeout=_timeout()),
-                       enable_checkpointing=False)
+    strategy = DDPStrategy(start_method="spawn", timeout=timedelta(seconds=60))
+    trainer = _trainer(tmp_path, steps=24, devices=2, strategy=strategy, enable_checkpointing=False)
     trainer.fit(_Record(str(tmp_path / "seen")), datamodule=data)
     rank0, rank1 = _lines(str(tmp_path / "seen.0")), _lines(str(tmp_path / "seen.1"))
     assert len(rank0) == len(rank1) == 24  # two epochs of 12 steps
@@ -298,12 +301,6 @@ def test_two_ddp_ranks_see_every_sample_once_per_epoch(coded, tmp_path):
         assert not set(first) & set(second)
         assert sorted(first + second) == list(range(96))
     assert sum(rank0[:12], []) != sum(rank0[12:], [])  # reshuffled every epoch
-
-
-def _timeout():
-    from datetime import timedelta
-
-    return timedelta(seconds=60)
 
 
 @pytest.mark.parametrize("stop_at", [5, 31])  # in the first epoch (of 18 steps), and in the second
@@ -328,7 +325,7 @@ def test_a_run_stopped_mid_epoch_resumes_with_exactly_the_samples_of_an_uninterr
 
 def test_gd_fit_three_steps_from_prepared_data_keeps_the_loader_state(workdir):
     root = _coded_folder(workdir / "src", 40, 10, size=32)
-    prepare_images(root, workdir / "prepared", 32, channels=1, num_workers=1)
+    prepare_images(root, workdir / "prepared", PrepareOptions(image_size=32, channels=1, num_workers=1))
     overrides = workdir / "tiny.yaml"
     overrides.write_text(yaml.safe_dump({
         "trainer": {"max_steps": 3, "logger": False, "enable_progress_bar": False,

@@ -53,6 +53,44 @@ _UNITS = {"tb": 10 ** 12, "gb": 10 ** 9, "mb": 10 ** 6, "kb": 10 ** 3, "t": 10 *
 
 
 @dataclass(frozen=True)
+class PrepareOptions:
+    """How ``gd prepare`` writes a set (the option group of the command and of :func:`prepare_images`).
+
+    Args:
+        image_size: side of the stored square images: the network's (ADM's centre crop), or larger for random
+            crops at load (``ceil(size / 0.8)``: 80 for 64 px).
+        labels_from: a file's class: its sub-folder (``directory``), its file-name prefix before ``_``
+            (``filename``, guided-diffusion's rule) or ``none`` (all class 0).
+        channels: 3 (RGB) or 1 (grey-scale); every image is converted (grey-scale, CMYK, palette, alpha).
+        num_workers: processes decoding in parallel (default: the CPUs this process may use).
+        on_bad_image: ``skip`` unreadable files (warned about, counted and listed in the manifest) or ``raise``
+            (stop naming the file; what was written is kept and a re-run resumes).
+        classes_from: a prepared folder whose classes (names and indices) this set takes, e.g. the training set
+            when preparing the validation set.
+        chunk_bytes: size of a LitData chunk file (``64MB`` or bytes; default: 64 MB, or 1/64 of a smaller set, at
+            least 1 MB, so that every loader worker streams several chunks).
+    """
+
+    image_size: Optional[int] = None  # required: None is refused by prepare_images in one line
+    labels_from: LabelSource = "directory"
+    channels: Literal[1, 3] = 3
+    num_workers: Optional[int] = None
+    on_bad_image: BadImagePolicy = "skip"
+    classes_from: Optional[str] = None
+    chunk_bytes: Optional[str] = None
+
+    def __post_init__(self):
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {self.image_size}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.num_workers is not None and self.num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.chunk_bytes is not None:
+            parse_bytes(self.chunk_bytes)
+
+
+@dataclass(frozen=True)
 class _PrepareItem:
     """``[index, path, label] -> {"image", "label", "index"}`` in a LitData worker (``None``: skipped)."""
 
@@ -186,34 +224,20 @@ def _written_count(dest: Path) -> int:
     return sum(int(chunk["chunk_size"]) for chunk in index["chunks"])
 
 
-def prepare_images(src: str | os.PathLike, dest: str | os.PathLike, image_size: int,
-                   labels_from: LabelSource = "directory", channels: Literal[1, 3] = 3,
-                   num_workers: Optional[int] = None, on_bad_image: BadImagePolicy = "skip",
-                   classes_from: Optional[str | os.PathLike] = None, chunk_bytes: Optional[str | int] = None,
+def prepare_images(src: str | os.PathLike, dest: str | os.PathLike, options: PrepareOptions,
                    verbose: bool = False) -> PreparedManifest:
     """Prepare the images under ``src`` into ``dest`` once (see the module docstring); returns the manifest.
 
     Args:
         src: an image folder (``labels_from="directory"``: one sub-folder per class).
         dest: a new or empty local folder, or one an interrupted run of the same job left (it resumes).
-        image_size: side of the stored images (the network's, or larger for random crops).
-        labels_from: a file's class: its sub-folder, its file-name prefix before ``_``, or none.
-        channels: 3 (RGB) or 1 (grey-scale).
-        num_workers: processes decoding in parallel (default: the CPUs this process may use).
-        on_bad_image: ``"skip"`` unreadable files (warned about, counted and listed in the manifest) or
-            ``"raise"`` (the run stops naming the file; what was written is kept and a re-run resumes).
-        classes_from: a prepared folder whose class names (and so class indices) this set takes: a validation
-            set prepared with the training set's classes.
-        chunk_bytes: size of a LitData chunk (``"64MB"`` or bytes); default :func:`default_chunk_bytes`.
+        options: the size, labels, channels, workers, policies and chunk size (:class:`PrepareOptions`).
         verbose: show LitData's progress.
     """
-    if image_size < 1:
-        raise ValueError(f"image_size must be >= 1, got {image_size}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
-    if num_workers is not None and num_workers < 1:
-        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    chunk_size_bytes = parse_bytes(chunk_bytes) if chunk_bytes is not None else None
+    if options.image_size is None:
+        raise ValueError("give --image_size N (the side of the stored images: the network's, or larger for random "
+                         "crops)")
+    image_size, channels, labels_from = options.image_size, options.channels, options.labels_from
     if is_remote(dest):
         raise ValueError(f"DEST {str(dest)!r} is an object-store URL: prepare into a local folder (a re-run resumes "
                          "it there), then upload the folder (e.g. aws s3 sync DEST s3://...); training reads the URL")
@@ -221,10 +245,10 @@ def prepare_images(src: str | os.PathLike, dest: str | os.PathLike, image_size: 
     if dest == src or src in dest.parents:
         raise ValueError(f"DEST {str(dest)!r} lies inside SRC {str(src)!r}: its chunks would be read as source "
                          "files by a re-run; choose a folder outside SRC")
-    known_classes = read_manifest(classes_from).class_names if classes_from is not None else None
+    known_classes = read_manifest(options.classes_from).class_names if options.classes_from is not None else None
     files = list_image_files(src)
     labels, class_names = folder_labels(files, src, labels_from, known_classes)
-    workers = max(1, min(num_workers or _available_cpus(), len(files)))
+    workers = max(1, min(options.num_workers or _available_cpus(), len(files)))
     planned = PreparedManifest(image_size=image_size, channels=channels, labels_from=labels_from,
                                class_names=tuple(class_names), num_source_files=len(files),
                                files_sha256=_files_sha256(files, src), source=str(src), num_workers=workers)
@@ -242,7 +266,7 @@ def prepare_images(src: str | os.PathLike, dest: str | os.PathLike, image_size: 
     skipped_log.mkdir(exist_ok=True)
     if not (dest / "index.json").is_file():  # else: an earlier run wrote every chunk but stopped before the manifest
         _align_resume_points(dest, _skipped_files(skipped_log))
-        work = _PrepareItem(image_size, "RGB" if channels == 3 else "L", on_bad_image, str(skipped_log))
+        work = _PrepareItem(image_size, "RGB" if channels == 3 else "L", options.on_bad_image, str(skipped_log))
         # In a seeded random order, so that every chunk (and so every stretch of the stream, which LitData shuffles
         # by chunk and by blocks of 256 within a chunk) mixes the classes instead of holding a class-sorted run.
         # Lists, not tuples: LitData compares them with its checkpoint's JSON copy to resume.
@@ -250,7 +274,8 @@ def prepare_images(src: str | os.PathLike, dest: str | os.PathLike, image_size: 
         inputs = [[int(i), str(files[i]), labels[i]] for i in order]
         try:
             litdata.optimize(fn=work, inputs=inputs, output_dir=str(dest),
-                             chunk_bytes=chunk_size_bytes or default_chunk_bytes(len(files), image_size, channels),
+                             chunk_bytes=(parse_bytes(options.chunk_bytes) if options.chunk_bytes is not None
+                                          else default_chunk_bytes(len(files), image_size, channels)),
                              num_workers=planned.num_workers, use_checkpoint=True, reorder_files=False,
                              verbose=verbose)
         except RuntimeError as error:
@@ -276,4 +301,4 @@ def prepare_images(src: str | os.PathLike, dest: str | os.PathLike, image_size: 
     return manifest
 
 
-__all__ = ["default_chunk_bytes", "parse_bytes", "prepare_images"]
+__all__ = ["PrepareOptions", "default_chunk_bytes", "parse_bytes", "prepare_images"]
